@@ -1,0 +1,61 @@
+"""Reading face-identity datasets: folder-per-identity trees and CelebA-style lists.
+
+Every reader yields :class:`ImageRecord` rows: where the image is, whose face it is, and
+which source it came from. Identities with the same name across several roots are the same
+person (CelebA's aligned and in-the-wild subsets share identity numbers).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm"}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    identity: str
+    source: str
+
+
+def read_folder_tree(root: Path, source: str | None = None) -> Iterator[ImageRecord]:
+    """``root/<identity>/<image>`` files, sorted so every run sees the same order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} is not a directory")
+    name = source or root.name
+    for identity_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for image in sorted(identity_dir.iterdir()):
+            if image.suffix.lower() in IMAGE_SUFFIXES:
+                yield ImageRecord(image, identity_dir.name, name)
+
+
+def read_identity_list(list_file: Path, images_dir: Path, source: str | None = None) -> Iterator[ImageRecord]:
+    """CelebA's ``identity_CelebA.txt`` format: one ``<file> <identity>`` per line."""
+    list_file, images_dir = Path(list_file), Path(images_dir)
+    name = source or images_dir.name
+    with list_file.open() as handle:
+        for line_no, line in enumerate(handle, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise ValueError(f"{list_file}:{line_no}: expected '<file> <identity>', got {line.strip()!r}")
+            yield ImageRecord(images_dir / parts[0], parts[1], name)
+
+
+def write_records(records: Iterable[ImageRecord], path: Path) -> None:
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "identity", "source"])
+        for r in records:
+            writer.writerow([str(r.path), r.identity, r.source])
+
+
+def read_records(path: Path) -> list[ImageRecord]:
+    with Path(path).open(newline="") as handle:
+        return [ImageRecord(Path(row["path"]), row["identity"], row["source"]) for row in csv.DictReader(handle)]

@@ -1,0 +1,100 @@
+"""The embedder: MobileNetV2 backbone, Dense(256, relu), L2 normalisation.
+
+The model takes RGB pixels 0..255 (float32) and scales them to -1..1 itself, so the exported
+TFLite file and the Keras model see exactly what the aligner produces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import keras
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "mobilenet_v2_1.0_no_top.weights.h5"
+TrainableMode = Literal["frozen", "partial", "full"]
+
+
+def build_embedder(
+    input_size: int = 160,
+    alpha: float = 1.0,
+    embedding_size: int = 256,
+    backbone_weights: Path | None = DEFAULT_WEIGHTS,
+    trainable: TrainableMode = "full",
+    trainable_from: str = "block_13",
+) -> keras.Model:
+    """Build the embedder.
+
+    ``trainable``: ``frozen`` trains the head only; ``partial`` trains from the block named by
+    ``trainable_from`` upward; ``full`` trains every convolution. BatchNorm layers are always
+    frozen (inference mode): the shipped ImageNet weights hold identity statistics with the
+    convolution biases folded into beta, and batch statistics would disturb them.
+    """
+    if trainable not in ("frozen", "partial", "full"):
+        raise ValueError(f"trainable must be frozen, partial or full, got {trainable!r}")
+    if backbone_weights is not None and alpha != 1.0:
+        raise ValueError("the shipped ImageNet weights are for alpha 1.0; pass backbone_weights=None for other widths")
+    if backbone_weights is not None and not Path(backbone_weights).exists():
+        raise FileNotFoundError(f"backbone weights not found at {backbone_weights}: see ../shared/weights/")
+    inputs = keras.Input((input_size, input_size, 3), name="pixels")
+    scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False, weights=None, pooling="max"
+    )
+    if backbone_weights is not None:
+        backbone.load_weights(str(backbone_weights))
+    features = backbone(scaled)
+    dense = keras.layers.Dense(embedding_size, activation="relu", name="embedding_dense")(features)
+    outputs = keras.layers.UnitNormalization(axis=-1, name="l2_normalise")(dense)
+    model = keras.Model(inputs, outputs, name=f"facegate_mobilenetv2_{alpha}_{input_size}_{embedding_size}")
+    set_trainable(model, trainable, trainable_from)
+    return model
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def set_trainable(model: keras.Model, mode: TrainableMode, trainable_from: str = "block_13") -> None:
+    backbone = backbone_of(model)
+    backbone.trainable = mode != "frozen"
+    if mode != "frozen":
+        seen = mode == "full"
+        for layer in backbone.layers:
+            if layer.name.startswith(trainable_from):
+                seen = True
+            layer.trainable = seen
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def split_at(model: keras.Model, trainable_from: str) -> tuple[keras.Model, keras.Model]:
+    """Split the embedder into (trunk, top) at the input of block ``trainable_from``.
+
+    The top shares its layers with ``model``: training it trains the full embedder. Used to
+    cache the frozen trunk's outputs so a CPU only runs the trainable part each step.
+    Only blocks without a skip connection across the cut are valid cut points (a stride-2
+    block or the first block of a stage, e.g. block_13 or block_6).
+    """
+    backbone = backbone_of(model)
+    cut = backbone.get_layer(f"{trainable_from}_expand").input
+    trunk_backbone = keras.Model(backbone.input, cut)
+    pixels = keras.Input(model.input.shape[1:], name="pixels")
+    scaled = model.get_layer("to_unit_range")(pixels)
+    trunk = keras.Model(pixels, trunk_backbone(scaled), name="trunk")
+
+    features_in = keras.Input(cut.shape[1:], name="trunk_features")
+    x = features_in
+    start = [layer.name for layer in backbone.layers].index(f"{trainable_from}_expand")
+    tensors: dict[str, object] = {}
+    for layer in backbone.layers[start:]:
+        inbound = layer._inbound_nodes[0].input_tensors  # noqa: SLF001 - Keras exposes no public graph walk
+        args = [tensors.get(t._keras_history.operation.name, x) for t in inbound]  # noqa: SLF001
+        out = layer(args if len(args) > 1 else args[0])
+        tensors[layer.name] = out
+    x = out
+    x = model.get_layer("embedding_dense")(x)
+    x = model.get_layer("l2_normalise")(x)
+    top = keras.Model(features_in, x, name="top")
+    return trunk, top
