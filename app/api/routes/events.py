@@ -1,0 +1,52 @@
+"""The audit log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import func, select
+
+from app.api.deps import AdminKey, SessionDep
+from app.api.schemas import EventPublic, EventsPublic
+from app.core.errors import error_responses
+from app.store import crud
+from app.store.models import Event
+
+router = APIRouter(prefix="/v1/events", tags=["audit"])
+
+
+@router.get("", response_model=EventsPublic, responses=error_responses(401, 403, 422, 429, 503), summary="Audit events, newest first")
+def list_events(
+    session: SessionDep, _: AdminKey,
+    since: Annotated[datetime | None, Query(description="inclusive, ISO 8601")] = None,
+    until: Annotated[datetime | None, Query(description="exclusive, ISO 8601")] = None,
+    door_id: Annotated[str | None, Query(max_length=200)] = None,
+    person_id: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    decision: Annotated[str | None, Query(max_length=20, description="granted, denied, enrolled, deleted, error")] = None,
+    kind: Annotated[str | None, Query(max_length=40)] = None,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> EventsPublic:
+    conditions = []
+    if since is not None:
+        conditions.append(Event.created_at >= since)
+    if until is not None:
+        conditions.append(Event.created_at < until)
+    if door_id is not None:
+        conditions.append(Event.door_id == door_id)
+    if person_id is not None:
+        conditions.append(Event.person_id == person_id)
+    if decision is not None:
+        conditions.append(Event.decision == decision)
+    if kind is not None:
+        conditions.append(Event.kind == kind)
+    rows = session.execute(select(Event).where(*conditions).order_by(Event.id.desc()).offset(offset).limit(limit)).scalars().all()
+    count = session.execute(select(func.count()).select_from(Event).where(*conditions)).scalar_one()
+    data = []
+    for r in rows:
+        item = EventPublic.model_validate(r, from_attributes=True)
+        item.created_at = crud.as_aware(r.created_at)  # type: ignore[assignment]
+        data.append(item)
+    return EventsPublic(data=data, count=int(count))

@@ -1,0 +1,130 @@
+"""Admin endpoints over enrolled people."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+
+from app import recognition
+from app.api.common import audit, frames_public, person_public, read_frames
+from app.api.deps import AdminKey, Multipart, RuntimeDep, SessionDep, audit_context
+from app.api.schemas import FramesAdded, PersonEnrolled, PersonPublic, PersonRef, PersonsPublic, PersonUpdate, DeletionDone
+from app.core.errors import ApiError, error_responses, not_found
+from app.store import crud
+from app.store.models import Person
+
+router = APIRouter(prefix="/v1/persons", tags=["persons"])
+
+
+def _metadata(raw: str | None) -> dict[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, "invalid_metadata", f"metadata must be a JSON object: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise ApiError(422, "invalid_metadata", "metadata must be a JSON object")
+    if len(raw) > 16_384:
+        raise ApiError(422, "invalid_metadata", "metadata is limited to 16 KiB")
+    return value
+
+
+def _get(session: Any, person_id: int) -> Person:
+    person = session.get(Person, person_id)
+    if person is None:
+        raise not_found("person", person_id)
+    return person
+
+
+@router.post(
+    "", response_model=PersonEnrolled, status_code=201, dependencies=[Multipart],
+    responses=error_responses(401, 403, 409, 413, 415, 422, 429, 503),
+    summary="Enrol a person from a burst of frames",
+)
+def enrol(request: Request, runtime: RuntimeDep, session: SessionDep, principal: AdminKey,
+          name: Annotated[str, Form(min_length=1, max_length=200)],
+          frames: Annotated[list[UploadFile], File(description="at least MIN_ENROL_FRAMES usable frames")],
+          metadata: Annotated[str | None, Form(description='a JSON object, e.g. {"badge": "A-17"}')] = None) -> PersonEnrolled:
+    """Enrol one template: the sum vector of the usable frames.
+
+    Refused with 409 `already_enrolled` (and the person) when the burst already matches
+    someone, and with 422 `not_enough_usable_frames` below MIN_ENROL_FRAMES usable frames.
+
+    `curl -H "X-API-Key: $ADMIN" -F name="Ada Lovelace" -F metadata='{"badge":"A-17"}' -F frames=@1.jpg ... http://localhost:8000/v1/persons`
+    """
+    audit_context(request, "enrol")
+    meta = _metadata(metadata)
+    person, burst = recognition.enrol(runtime, session, name.strip() or name, meta, read_frames(frames, runtime))
+    audit(session, request, principal, "enrol", status_code=201, person_id=person.id, model_id=runtime.model_id,
+          frames_used=burst.used, frames_rejected=burst.rejected(), decision="enrolled")
+    public = person_public(person, burst.used)
+    return PersonEnrolled(**public.model_dump(), frames=frames_public(burst))
+
+
+@router.get("", response_model=PersonsPublic, responses=error_responses(401, 403, 429, 503), summary="List enrolled people")
+def list_persons(runtime: RuntimeDep, session: SessionDep, _: AdminKey,
+                 offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                 name: Annotated[str | None, Query(max_length=200, description="substring of the name")] = None) -> PersonsPublic:
+    persons, count = crud.list_persons(session, offset, limit, name)
+    counts = crud.frame_counts(session, [p.id for p in persons], runtime.model_id)
+    return PersonsPublic(data=[person_public(p, counts.get(p.id)) for p in persons], count=count)
+
+
+@router.get("/{person_id}", response_model=PersonPublic, responses=error_responses(401, 403, 404, 429, 503), summary="One person")
+def get_person(person_id: int, runtime: RuntimeDep, session: SessionDep, _: AdminKey) -> PersonPublic:
+    person = _get(session, person_id)
+    return person_public(person, crud.frame_counts(session, [person_id], runtime.model_id).get(person_id))
+
+
+@router.get(
+    "/{person_id}/sample", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}, **error_responses(401, 403, 404, 429, 503)},
+    summary="The person's sample aligned face (JPEG)",
+)
+def get_sample(person_id: int, session: SessionDep, _: AdminKey) -> Response:
+    person = _get(session, person_id)
+    if not person.sample_jpeg:
+        raise ApiError(404, "sample_not_found", f"person {person_id} has no sample image")
+    return Response(content=person.sample_jpeg, media_type="image/jpeg")
+
+
+@router.patch("/{person_id}", response_model=PersonPublic, responses=error_responses(401, 403, 404, 422, 429, 503), summary="Rename or re-tag")
+def update_person(request: Request, person_id: int, body: PersonUpdate, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> PersonPublic:
+    person = _get(session, person_id)
+    if body.name is not None:
+        person.name = body.name
+    if body.metadata is not None:
+        person.metadata_ = body.metadata
+    person.updated_at = crud.utcnow()
+    session.flush()
+    audit(session, request, principal, "update_person", person_id=person_id)
+    return person_public(person, crud.frame_counts(session, [person_id], runtime.model_id).get(person_id))
+
+
+@router.post(
+    "/{person_id}/frames", response_model=FramesAdded, dependencies=[Multipart],
+    responses=error_responses(401, 403, 404, 409, 413, 415, 422, 429, 503),
+    summary="Add frames; the template is re-fused from all the person's frames",
+)
+def add_frames(request: Request, person_id: int, runtime: RuntimeDep, session: SessionDep, principal: AdminKey,
+               frames: Annotated[list[UploadFile], File()]) -> FramesAdded:
+    """Refused with 409 `face_mismatch` when the new frames are not this person's face."""
+    audit_context(request, "add_frames", person_id=person_id)
+    person, burst, total = recognition.add_frames(runtime, session, person_id, read_frames(frames, runtime))
+    audit(session, request, principal, "add_frames", person_id=person_id, model_id=runtime.model_id,
+          frames_used=burst.used, frames_rejected=burst.rejected())
+    return FramesAdded(person=person_public(person, total), frames=frames_public(burst))
+
+
+@router.delete("/{person_id}", response_model=DeletionDone, responses=error_responses(401, 403, 404, 429, 503), summary="Delete a person")
+def delete_person(request: Request, person_id: int, session: SessionDep, principal: AdminKey) -> DeletionDone:
+    """Removes the person's templates, frame embeddings and sample image. Past audit events
+    keep the person id but hold no face data."""
+    person = _get(session, person_id)
+    ref = PersonRef(id=person.id, name=person.name)
+    crud.delete_person(session, person_id)
+    audit(session, request, principal, "delete", person_id=person_id, decision="deleted")
+    return DeletionDone(deleted=ref)

@@ -1,0 +1,76 @@
+"""Door-facing endpoints: identify a burst, verify a burst against one person."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+
+from app import recognition
+from app.api.common import audit_decision, frames_public, read_frames
+from app.api.deps import DoorKey, Multipart, RuntimeDep, SessionDep, audit_context
+from app.api.schemas import IdentifyPublic, PersonRef, VerifyPublic
+from app.core.errors import error_responses
+from app.store.models import Person
+
+router = APIRouter(prefix="/v1", tags=["recognition"])
+
+FramesField = Annotated[list[UploadFile], File(description="1..MAX_FRAMES JPEG or PNG frames of one person")]
+DoorField = Annotated[str | None, Form(max_length=200, description="which door is asking (recorded in the audit log)")]
+
+
+@router.post(
+    "/identify", response_model=IdentifyPublic, dependencies=[Multipart],
+    responses=error_responses(401, 403, 413, 415, 422, 429, 503),
+    summary="Identify a burst of frames: grant or deny",
+)
+def identify(request: Request, runtime: RuntimeDep, session: SessionDep, principal: DoorKey,
+             frames: FramesField, door_id: DoorField = None) -> IdentifyPublic:
+    """Decode, check, align, embed and fuse the frames, scan every template, decide.
+
+    Denied when the nearest template is farther than the threshold: an unknown face is never
+    matched to whoever happens to be nearest.
+
+    `curl -H "X-API-Key: $KEY" -F frames=@a.jpg -F frames=@b.jpg -F door_id=front http://localhost:8000/v1/identify`
+    """
+    audit_context(request, "identify", door_id=door_id)
+    decision = recognition.identify(runtime, session, read_frames(frames, runtime))
+    person = session.get(Person, decision.best.person_id) if decision.granted and decision.best else None
+    audit_decision(session, request, principal, "identify", decision, runtime, door_id)
+    return IdentifyPublic(
+        decision="granted" if decision.granted else "denied",
+        reason=decision.reason,
+        person=PersonRef(id=person.id, name=person.name) if person else None,
+        distance=round(decision.best.distance, 6) if decision.best else None,
+        threshold=decision.threshold,
+        margin=round(decision.margin, 6) if decision.margin is not None else None,
+        model_id=runtime.model_id,
+        frames_used=decision.burst.used,
+        frames=frames_public(decision.burst),
+        door_id=door_id,
+    )
+
+
+@router.post(
+    "/persons/{person_id}/verify", response_model=VerifyPublic, dependencies=[Multipart],
+    responses=error_responses(401, 403, 404, 409, 413, 415, 422, 429, 503),
+    summary="Verify (1:1) a burst against one person",
+)
+def verify(request: Request, person_id: int, runtime: RuntimeDep, session: SessionDep, principal: DoorKey,
+           frames: FramesField, door_id: DoorField = None) -> VerifyPublic:
+    """Is this burst the given person? Granted when the distance is within the threshold."""
+    audit_context(request, "verify", door_id=door_id, person_id=person_id)
+    decision, d = recognition.verify(runtime, session, person_id, read_frames(frames, runtime))
+    person = session.get(Person, person_id)
+    assert person is not None
+    audit_decision(session, request, principal, "verify", decision, runtime, door_id, person_id=person_id)
+    return VerifyPublic(
+        decision="granted" if decision.granted else "denied",
+        reason=decision.reason,
+        person=PersonRef(id=person.id, name=person.name),
+        distance=round(d, 6) if d is not None else None,
+        threshold=decision.threshold,
+        model_id=runtime.model_id,
+        frames_used=decision.burst.used,
+        frames=frames_public(decision.burst),
+    )

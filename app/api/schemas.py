@@ -1,0 +1,190 @@
+"""Request and response schemas, in Create / Update / Public families."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FramePublic(BaseModel):
+    index: int = Field(description="position of the frame in the upload, from 0")
+    used: bool = Field(description="whether the frame went into the fused vector")
+    reason: str | None = Field(
+        default=None,
+        description="why it was not used: no_face, multiple_faces, face_too_small, too_blurry, too_dark, too_bright",
+    )
+
+
+class PersonRef(BaseModel):
+    id: int
+    name: str
+
+
+class IdentifyPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "decision": "granted", "reason": "match", "person": {"id": 7, "name": "Ada Lovelace"},
+        "distance": 0.081, "threshold": 0.25, "margin": 0.29, "model_id": "facegate-mnv2-...",
+        "frames_used": 5, "frames": [{"index": 0, "used": True, "reason": None}], "door_id": "front-door",
+    }]})
+
+    decision: Literal["granted", "denied"]
+    reason: str = Field(description="match, no_match (unknown face), no_usable_frames or no_templates")
+    person: PersonRef | None = Field(description="the matched person; null when denied")
+    distance: float | None = Field(description="distance of the fused vector to the nearest template (0..1)")
+    threshold: float
+    margin: float | None = Field(description="second-nearest person's distance minus the nearest's")
+    model_id: str
+    frames_used: int
+    frames: list[FramePublic]
+    door_id: str | None = None
+
+
+class VerifyPublic(BaseModel):
+    decision: Literal["granted", "denied"]
+    reason: str
+    person: PersonRef
+    distance: float | None
+    threshold: float
+    model_id: str
+    frames_used: int
+    frames: list[FramePublic]
+
+
+class PersonPublic(BaseModel):
+    id: int
+    name: str
+    metadata: dict[str, Any]
+    frame_count: int = Field(description="frames fused into this person's template for the serving model")
+    has_template: bool
+    search_count: int
+    last_matched_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PersonEnrolled(PersonPublic):
+    frames: list[FramePublic]
+
+
+class PersonsPublic(BaseModel):
+    data: list[PersonPublic]
+    count: int
+
+
+class PersonUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Ada King", "metadata": {"badge": "A-17"}}]})
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    metadata: dict[str, Any] | None = None
+
+
+class FramesAdded(BaseModel):
+    person: PersonPublic
+    frames: list[FramePublic]
+
+
+class DeletionRequestPublic(BaseModel):
+    person: PersonRef
+    distance: float
+    token: str = Field(description="one-time confirmation token; POST it to /v1/deletion-requests/confirm")
+    expires_at: datetime
+
+
+class DeletionConfirm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=1, max_length=200)
+
+
+class DeletionDone(BaseModel):
+    deleted: PersonRef
+
+
+class ThresholdPublic(BaseModel):
+    threshold: float
+    source: Literal["stored", "default"]
+    default: float
+    model_id: str
+
+
+class ThresholdUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"threshold": 0.25}]})
+    threshold: float = Field(gt=0.0, lt=1.0, description="on the method's distance scale, 0 < t < 1")
+
+
+class CalibrateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"method": "target_far", "target_far": 0.001, "apply": False}]})
+
+    method: Literal["min_negative", "target_far"] = "target_far"
+    target_far: float = Field(default=0.001, gt=0.0, lt=1.0)
+    apply: bool = Field(default=False, description="store the recommendation as the threshold")
+    sample: int = Field(default=2000, ge=2, le=5000, description="templates sampled for the negative distances")
+
+
+class CalibratePublic(BaseModel):
+    templates_used: int
+    min_negative_distance: float | None = Field(description="smallest distance between two enrolled people (the origin's rule)")
+    manifest_far_threshold: float | None = Field(description="the model manifest's threshold for target_far, if it carries one")
+    recommended: float | None
+    method: str
+    applied: bool
+    threshold: float
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "front-door", "scope": "door", "expires_in_days": 365}]})
+
+    name: str = Field(min_length=1, max_length=200)
+    scope: Literal["door", "admin"]
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class KeyPublic(BaseModel):
+    id: int
+    name: str
+    scope: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="the key itself; shown once, stored only as a hash")
+
+
+class KeysPublic(BaseModel):
+    data: list[KeyPublic]
+    count: int
+
+
+class EventPublic(BaseModel):
+    id: int
+    created_at: datetime
+    kind: str
+    request_id: str | None
+    key_name: str | None
+    door_id: str | None
+    decision: str | None
+    reason: str | None
+    person_id: int | None
+    distance: float | None
+    threshold: float | None
+    margin: float | None
+    model_id: str | None
+    frames_used: int | None
+    frames_rejected: dict[str, Any] | None
+    latency_ms: float | None
+    status_code: int | None
+
+
+class EventsPublic(BaseModel):
+    data: list[EventPublic]
+    count: int
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,87 @@
+"""All configuration in one pydantic-settings class; every field is an environment variable."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True)
+
+    # Storage
+    DATABASE_URL: str = Field(
+        default=f"sqlite:///{REPO_ROOT / 'var' / 'facegate.db'}",
+        description="SQLAlchemy URL; SQLite file by default, e.g. postgresql+psycopg://user@host/db for Postgres",
+    )
+    DB_POOL_SIZE: int = 5
+    DB_CONNECT_TIMEOUT_S: int = 3
+
+    # Model package
+    MODEL_STORE: Path = REPO_ROOT / "model_store"
+    MODEL_ID: str | None = Field(default=None, description="which package in MODEL_STORE; default: the only or newest one")
+    EMBED_THREADS: int = 1
+
+    # Bursts and uploads
+    MAX_FRAMES: int = 16
+    MAX_FRAME_BYTES: int = 8 * 1024 * 1024
+    MAX_REQUEST_BYTES: int = 64 * 1024 * 1024
+    MAX_IMAGE_PIXELS: int = 40_000_000
+    MAX_ALIGN_SIDE: int = 1280
+    MIN_ENROL_FRAMES: int = 5
+    MIN_IDENTIFY_FRAMES: int = 1
+
+    # Frame quality (on the aligned face)
+    MIN_FACE_PX: float = Field(default=60.0, description="smallest face width (landmark box, source pixels)")
+    MIN_SHARPNESS: float = Field(default=15.0, description="smallest Laplacian variance inside the face")
+    MIN_BRIGHTNESS: float = Field(default=40.0, description="darkest mean face luminance (0..255)")
+    MAX_BRIGHTNESS: float = Field(default=225.0, description="brightest mean face luminance (0..255)")
+    ALIGNER_POOL: int = 2
+
+    # Decisions
+    DEFAULT_THRESHOLD: float | None = Field(
+        default=None, description="threshold before any PUT /v1/threshold; default: the model manifest's recommendation"
+    )
+    DELETION_TOKEN_TTL_S: int = 120
+    SCAN_RESCORE_K: int = 16
+
+    # Access
+    AUTH_ENABLED: bool = True
+    RATE_LIMIT_DOOR: str = Field(default="10/second", description="per key, identify and verify")
+    RATE_LIMIT_ADMIN: str = Field(default="50/second", description="per key, everything else")
+
+    # Audit and operations
+    EVENT_RETENTION_DAYS: int = 90
+    PURGE_INTERVAL_S: int = 3600
+    LOG_LEVEL: str = "INFO"
+    LOG_FORMAT: Literal["json", "text"] = "json"
+
+    @field_validator("DEFAULT_THRESHOLD")
+    @classmethod
+    def _threshold_range(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 < value < 1.0:
+            raise ValueError("DEFAULT_THRESHOLD must be within (0, 1) on the method's distance scale")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.MIN_ENROL_FRAMES < 1 or self.MIN_ENROL_FRAMES > self.MAX_FRAMES:
+            raise ValueError("MIN_ENROL_FRAMES must be between 1 and MAX_FRAMES")
+        if self.MIN_BRIGHTNESS >= self.MAX_BRIGHTNESS:
+            raise ValueError("MIN_BRIGHTNESS must be below MAX_BRIGHTNESS")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.DATABASE_URL.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

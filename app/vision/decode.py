@@ -1,0 +1,50 @@
+"""Safe decoding of uploaded frames: JPEG or PNG only, bounded bytes and pixels."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.core.errors import ApiError
+
+ALLOWED_FORMATS = {"JPEG", "PNG"}
+
+
+def decode_frame(data: bytes, index: int, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Bytes -> RGB uint8 array, or an ApiError with a stable code naming the frame.
+
+    The header is read before any pixel is decoded, so a 50-megapixel image or a PNG
+    decompression bomb is refused without allocating its pixels.
+    """
+    where = {"frame": index}
+    if len(data) == 0:
+        raise ApiError(422, "empty_frame", f"frame {index} is empty", where)
+    if len(data) > max_bytes:
+        raise ApiError(413, "frame_too_large", f"frame {index} has {len(data)} bytes; the limit is {max_bytes}", where)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in ALLOWED_FORMATS:
+                raise ApiError(415, "unsupported_image_format", f"frame {index} is {image.format}; send JPEG or PNG", where)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ApiError(
+                    413, "image_too_large",
+                    f"frame {index} is {width}x{height} ({width * height} pixels); the limit is {max_pixels}", where,
+                )
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            rgb = image.convert("RGB")
+    except ApiError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ApiError(413, "decompression_bomb", f"frame {index} expands beyond the pixel limit", where) from exc
+    except UnidentifiedImageError as exc:
+        raise ApiError(415, "not_an_image", f"frame {index} is not a JPEG or PNG image", where) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ApiError(422, "corrupt_image", f"frame {index} could not be decoded ({exc.__class__.__name__}): truncated or damaged", where) from exc
+    return np.asarray(rgb, dtype=np.uint8)

@@ -1,0 +1,125 @@
+"""decode -> quality -> align -> embed for one burst of frames."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from app.vision.align import FaceAligner
+from app.vision.decode import decode_frame
+from app.vision.embedder import Embedder
+from app.vision.quality import FaceQuality, FrameReason, QualityLimits, judge, measure
+
+
+@dataclass(frozen=True)
+class FrameReport:
+    index: int
+    used: bool
+    reason: str | None
+    quality: FaceQuality | None
+
+
+@dataclass
+class Burst:
+    """What a burst yielded: the usable frames' embeddings and a report for every frame."""
+
+    reports: list[FrameReport]
+    embeddings: np.ndarray  # (used, d)
+    sample_crop: np.ndarray | None  # the sharpest usable aligned crop
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def used(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def rejected(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.reports:
+            if not r.used and r.reason:
+                counts[r.reason] = counts.get(r.reason, 0) + 1
+        return counts
+
+
+class AlignerPool:
+    """Face Mesh graphs are single-threaded: lend one per request thread."""
+
+    def __init__(self, size: int, crop_size: int):
+        self._pool: queue.Queue[FaceAligner] = queue.Queue()
+        for _ in range(max(1, size)):
+            self._pool.put(FaceAligner(size=crop_size))
+
+    @contextmanager
+    def lease(self) -> Iterator[FaceAligner]:
+        aligner = self._pool.get()
+        try:
+            yield aligner
+        finally:
+            self._pool.put(aligner)
+
+    def close(self) -> None:
+        while not self._pool.empty():
+            self._pool.get_nowait().close()
+
+
+@dataclass(frozen=True)
+class BurstLimits:
+    max_frame_bytes: int
+    max_pixels: int
+    max_align_side: int
+    quality: QualityLimits
+
+
+def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+
+
+def process_burst(frames: Sequence[bytes], aligners: AlignerPool, embedder: Embedder, limits: BurstLimits) -> Burst:
+    """Every frame is decoded first, so one undecodable frame rejects the burst before any work."""
+    timings = {"decode": 0.0, "align": 0.0, "embed": 0.0}
+    t0 = time.perf_counter()
+    images = [decode_frame(data, i, limits.max_frame_bytes, limits.max_pixels) for i, data in enumerate(frames)]
+    timings["decode"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    reports: list[FrameReport] = []
+    crops: list[np.ndarray] = []
+    sharpness: list[float] = []
+    with aligners.lease() as aligner:
+        for i, image in enumerate(images):
+            result = aligner.align(_shrink(image, limits.max_align_side))
+            if result.faces_found == 0:
+                reports.append(FrameReport(i, False, FrameReason.NO_FACE.value, None))
+                continue
+            if result.face is None:
+                reports.append(FrameReport(i, False, FrameReason.MULTIPLE_FACES.value, None))
+                continue
+            quality = measure(result.face)
+            reason = judge(quality, limits.quality)
+            reports.append(FrameReport(i, reason is None, reason.value if reason else None, quality))
+            if reason is None:
+                crops.append(result.face.crop)
+                sharpness.append(quality.sharpness)
+    timings["align"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    embeddings = embedder.embed(np.stack(crops)) if crops else np.zeros((0, embedder.package.embedding_size), np.float32)
+    timings["embed"] = time.perf_counter() - t0
+    sample = crops[int(np.argmax(sharpness))] if crops else None
+    return Burst(reports=reports, embeddings=embeddings, sample_crop=sample, timings=timings)
+
+
+def crop_to_jpeg(crop: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding of the sample crop failed")
+    return buf.tobytes()
