@@ -21,14 +21,15 @@ def alembic_config(url: str):  # type: ignore[no-untyped-def]
     return config
 
 
-def migrate(wait_s: float = 60.0) -> None:
+def migrate(database_url: str | None = None, wait_s: float = 60.0) -> None:
     """Wait for the database, then `alembic upgrade head` (the prestart step)."""
     from alembic import command
     from sqlalchemy.exc import OperationalError
 
+    from app.core.config import Settings
     from app.store.db import make_engine, ping
 
-    settings = get_settings()
+    settings = get_settings() if database_url is None else Settings(DATABASE_URL=database_url)
     engine = make_engine(settings)
     deadline = time.monotonic() + wait_s
     while True:
@@ -40,7 +41,9 @@ def migrate(wait_s: float = 60.0) -> None:
                 raise SystemExit(f"database at {engine.url.render_as_string(hide_password=True)} unreachable for {wait_s:.0f}s")
             time.sleep(1.0)
     engine.dispose()
-    command.upgrade(alembic_config(settings.DATABASE_URL), "head")
+    config = alembic_config(settings.DATABASE_URL)
+    config.attributes["skip_logging"] = database_url is not None
+    command.upgrade(config, "head")
 
 
 def _session():  # type: ignore[no-untyped-def]

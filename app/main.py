@@ -55,20 +55,30 @@ class BodyLimit:
             await JSONResponse(status_code=413, content=too_large.body())(scope, receive, send)
             return
         received = 0
-        started = False
+        started = exceeded = replaced = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    exceeded = True
                     raise too_large
             return message
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, replaced
+            if replaced:
+                return
             if message["type"] == "http.response.start":
+                if exceeded and not started:
+                    # FastAPI turns an error raised while it reads the body into a 400 "error
+                    # parsing the body" (wrapped in an ExceptionGroup by the HTTP middleware):
+                    # whatever the app made of the cut-off body, the answer is 413.
+                    replaced = started = True
+                    await JSONResponse(status_code=413, content=too_large.body())(scope, receive, send)
+                    return
                 started = True
             await send(message)
 
@@ -101,7 +111,7 @@ def _audit_refusal(request: Request, status: int, code: str) -> None:
                 latency_ms=round((time.perf_counter() - request.state.started) * 1000, 2),
             )
             session.commit()
-    except Exception:  # noqa: BLE001 - auditing a refusal must never turn it into a 500
+    except Exception:
         log.warning("could not record refused attempt", exc_info=True)
 
 
@@ -140,7 +150,7 @@ async def _purge_loop(runtime: Runtime) -> None:
         await asyncio.sleep(settings.PURGE_INTERVAL_S)
         try:
             await asyncio.to_thread(purge, runtime)
-        except Exception:  # noqa: BLE001 - a failed purge is retried next interval
+        except Exception:
             log.warning("event purge failed", exc_info=True)
 
 

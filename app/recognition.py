@@ -65,7 +65,7 @@ class Runtime:
         self.aligners = AlignerPool(settings.ALIGNER_POOL, self.package.input_size)
         self.engine: Engine = make_engine(settings)
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
-        self.index = TemplateIndex(self.package.model_id, self.package.embedding_size)
+        self.index = TemplateIndex(self.package.model_id, self.package.embedding_size, threads=settings.SCAN_THREADS)
         self.limits = BurstLimits(
             max_frame_bytes=settings.MAX_FRAME_BYTES,
             max_pixels=settings.MAX_IMAGE_PIXELS,
@@ -137,8 +137,9 @@ def _decide(runtime: Runtime, session: Session, burst: Burst, min_frames: int) -
 def identify(runtime: Runtime, session: Session, frames: Sequence[bytes]) -> Decision:
     burst = runtime.embed_burst(frames)
     decision = _decide(runtime, session, burst, runtime.settings.MIN_IDENTIFY_FRAMES)
-    if decision.granted and decision.best is not None:
-        crud.record_match(session, decision.best.person_id)
+    if decision.granted and decision.best is not None and not crud.record_match(session, decision.best.person_id):
+        # Deleted between the scan and now: a person who no longer exists is never granted.
+        return Decision(False, "no_match", decision.threshold, None, None, burst, decision.timings)
     return decision
 
 

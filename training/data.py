@@ -93,13 +93,13 @@ class PairBatches:
 def augmentation(seed: int | None = None) -> A.Compose:
     """The method's augmentations, each at random.
 
-    flip (p .5), Gaussian noise (p .5), HSV shift 20/30/20 (p .5), shift 0.15 / scale 0.16 /
+    flip (p .5), Gaussian noise sigma 3..7 grey levels (p .5), HSV shift 20/30/20 (p .5), shift 0.15 / scale 0.16 /
     rotate 15 degrees with a black border (always), brightness/contrast 0.25 (always).
     """
     return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
-            A.GaussNoise(std_range=(0.02, 0.08), p=0.5),
+            A.GaussNoise(std_range=(0.012, 0.028), p=0.5),
             A.HueSaturationValue(hue_shift_limit=20, sat_shift_limit=30, val_shift_limit=20, p=0.5),
             A.Affine(
                 translate_percent=(-0.15, 0.15), scale=(0.84, 1.16), rotate=(-15, 15),

@@ -116,8 +116,16 @@ def load_model(path: Path) -> LoadedModel:
     return LoadedModel(embed, size, str(path), file_sha256(path))
 
 
+def degenerate_count(embeddings: np.ndarray) -> int:
+    """Embeddings that are not unit vectors: a dead ReLU head emits all zeros, and for those
+    ``1 - a.b`` (used for speed) and ``sum((a-b)^2)/2`` disagree, so the figures mean little."""
+    if embeddings.size == 0:
+        return 0
+    return int((np.abs(np.linalg.norm(embeddings, axis=1) - 1.0) > 1e-3).sum())
+
+
 def embed_images(
-    embed: Embed, images: np.ndarray, rows: Sequence[int] | None = None, desc: str = "embedding"
+    embed: Embed, images: np.ndarray, rows: Sequence[int] | np.ndarray | None = None, desc: str = "embedding"
 ) -> np.ndarray:
     """Embed ``images[rows]`` in batches (memory-mapped caches are read one batch at a time)."""
     from tqdm import tqdm
@@ -174,8 +182,8 @@ def fused_protocol(
 
     Queries are the vectors of identities with at least two vectors; every vector is in the
     gallery, so identities with one vector act as distractors. Distances are the method's
-    ``1 - a.b`` of unit vectors (``app.vision.fusion.pairwise_distances``), computed in row
-    blocks so a large set never needs the whole matrix at once.
+    distance in the form ``app.vision.fusion.pairwise_distances`` uses for unit vectors,
+    ``1 - a.b``, computed in row blocks so a large set never needs the whole matrix at once.
     """
     count = len(vectors)
     ids, owner_index = np.unique(owners, return_inverse=True)
@@ -374,10 +382,14 @@ def run_protocol(args: argparse.Namespace) -> dict[str, Any]:
             per_n[n] = result
         name = Path(cache_dir).name
         title = f"{name}: {len(np.unique(identities))} identities, {len(rows)} images, model {Path(model.path).name}"
+        degenerate = degenerate_count(embeddings)
         tables.append(protocol_table(per_n, title))
+        if degenerate:
+            tables.append(f"WARNING: {degenerate} of {len(rows)} embeddings are not unit vectors (a dead head?)\n")
         cdf_plot(per_n, title, out / f"protocol_{name}_cdf.png")
         report["caches"].append({
             "cache": str(cache_dir), "name": name, "identities": len(np.unique(identities)), "images": len(rows),
+            "degenerate_embeddings": degenerate,
             "used_whole": wanted is None or not np.isin(cache.identities, np.array(wanted)).any(),
             "per_n": {str(n): {k: v for k, v in r.items() if not k.startswith("_")} for n, r in per_n.items()},
             "cdf_plot": f"protocol_{name}_cdf.png",
@@ -646,6 +658,7 @@ def run_pairs(args: argparse.Namespace) -> dict[str, Any]:
             crops[key] = result.face.crop
     keys = sorted(crops)
     embedded = embed_images(model.embed, np.stack([crops[k] for k in keys])) if keys else np.empty((0, 1))
+    degenerate = degenerate_count(embedded)
     vectors = dict(zip(keys, l2_normalise(embedded), strict=True))
     distances = np.array([
         float(np.sum((vectors[(p.name_a, p.index_a)] - vectors[(p.name_b, p.index_b)]) ** 2) / 2.0)
@@ -664,7 +677,7 @@ def run_pairs(args: argparse.Namespace) -> dict[str, Any]:
         "roots": [str(r) for r in args.root], "alignment_version": ALIGNMENT_VERSION,
         "folds": folds, "pairs": len(pairs), "matched": int(same.sum()), "mismatched": int((~same).sum()),
         "images": len(needed), "failed_alignments": len(failures), "failed_pairs": failed_pairs,
-        "failed_pair_distance": FAILED_PAIR_DISTANCE, "failures": failures,
+        "failed_pair_distance": FAILED_PAIR_DISTANCE, "failures": failures, "degenerate_embeddings": degenerate,
         "accuracy": accuracy, "tar_at_far": {str(o["far_target"]): o for o in operating},
         "roc_plot": "pairs_roc.png",
         "distances": [[int(f), bool(s), round(float(d), 6)] for f, s, d in zip(fold_of, same, distances, strict=True)],
@@ -676,6 +689,8 @@ def run_pairs(args: argparse.Namespace) -> dict[str, Any]:
         [f"{folds}-fold accuracy (mean ± std)",
          f"{100 * accuracy['mean_accuracy']:.2f}% ± {100 * accuracy['std_accuracy']:.2f}%"],
     ]
+    if degenerate:
+        rows.append(["WARNING", f"{degenerate} embeddings are not unit vectors (a dead head?)"])
     if folds == 1:
         rows.append(["note", "one fold only: the threshold was fitted and tested on the same pairs"])
     rows += [[f"TAR @ FAR {100 * o['far_target']:g}%", f"{100 * o['tar']:.2f}% at threshold {o['threshold']:.4f} "

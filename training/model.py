@@ -13,6 +13,7 @@ import keras
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "mobilenet_v2_1.0_no_top.weights.h5"
 TrainableMode = Literal["frozen", "partial", "full"]
+BatchNormMode = Literal["frozen", "train"]
 
 
 def build_embedder(
@@ -22,13 +23,19 @@ def build_embedder(
     backbone_weights: Path | None = DEFAULT_WEIGHTS,
     trainable: TrainableMode = "full",
     trainable_from: str = "block_13",
+    batchnorm: BatchNormMode = "frozen",
 ) -> keras.Model:
     """Build the embedder.
 
     ``trainable``: ``frozen`` trains the head only; ``partial`` trains from the block named by
-    ``trainable_from`` upward; ``full`` trains every convolution. BatchNorm layers are always
-    frozen (inference mode): the shipped ImageNet weights hold identity statistics with the
-    convolution biases folded into beta, and batch statistics would disturb them.
+    ``trainable_from`` upward; ``full`` trains every convolution.
+
+    ``batchnorm``: ``frozen`` runs every BatchNorm layer in inference mode: the shipped ImageNet
+    weights hold identity statistics with the convolution biases folded into beta, and batch
+    statistics would disturb them. ``train`` lets the BatchNorm layers of the *trainable*
+    blocks use batch statistics while training (layers below stay frozen): with identity
+    statistics BatchNorm normalises nothing, and an unnormalised network fine-tuned at the
+    method's learning rate diverges.
     """
     if trainable not in ("frozen", "partial", "full"):
         raise ValueError(f"trainable must be frozen, partial or full, got {trainable!r}")
@@ -47,7 +54,7 @@ def build_embedder(
     dense = keras.layers.Dense(embedding_size, activation="relu", name="embedding_dense")(features)
     outputs = keras.layers.UnitNormalization(axis=-1, name="l2_normalise")(dense)
     model = keras.Model(inputs, outputs, name=f"facegate_mobilenetv2_{alpha}_{input_size}_{embedding_size}")
-    set_trainable(model, trainable, trainable_from)
+    set_trainable(model, trainable, trainable_from, batchnorm)
     return model
 
 
@@ -55,7 +62,9 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
-def set_trainable(model: keras.Model, mode: TrainableMode, trainable_from: str = "block_13") -> None:
+def set_trainable(model: keras.Model, mode: TrainableMode, trainable_from: str = "block_13", batchnorm: BatchNormMode = "frozen") -> None:
+    if batchnorm not in ("frozen", "train"):
+        raise ValueError(f"batchnorm must be frozen or train, got {batchnorm!r}")
     backbone = backbone_of(model)
     backbone.trainable = mode != "frozen"
     if mode != "frozen":
@@ -66,7 +75,11 @@ def set_trainable(model: keras.Model, mode: TrainableMode, trainable_from: str =
             layer.trainable = seen
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+            layer.trainable = layer.trainable and batchnorm == "train"
+            if layer.trainable:
+                # Keras' MobileNetV2 uses momentum 0.999: after a CPU-sized run of ~2k steps the
+                # moving statistics would still hold 13% of the identity start values.
+                layer.momentum = 0.99
 
 
 def split_at(model: keras.Model, trainable_from: str) -> tuple[keras.Model, keras.Model]:
@@ -75,8 +88,17 @@ def split_at(model: keras.Model, trainable_from: str) -> tuple[keras.Model, kera
     The top shares its layers with ``model``: training it trains the full embedder. Used to
     cache the frozen trunk's outputs so a CPU only runs the trainable part each step.
     Only blocks without a skip connection across the cut are valid cut points (a stride-2
-    block or the first block of a stage, e.g. block_13 or block_6).
+    block or the first block of a stage, e.g. block_13 or block_6), or ``head``: the pooled
+    backbone output, for training the head alone.
     """
+    if trainable_from == "head":
+        # Everything below the head is frozen: the trunk is the whole pooled backbone.
+        backbone = backbone_of(model)
+        pixels = keras.Input(model.input.shape[1:], name="pixels")
+        trunk = keras.Model(pixels, backbone(model.get_layer("to_unit_range")(pixels)), name="trunk")
+        features_in = keras.Input(backbone.output.shape[1:], name="trunk_features")
+        top = keras.Model(features_in, model.get_layer("l2_normalise")(model.get_layer("embedding_dense")(features_in)), name="top")
+        return trunk, top
     backbone = backbone_of(model)
     cut = backbone.get_layer(f"{trainable_from}_expand").input
     trunk_backbone = keras.Model(backbone.input, cut)
@@ -89,8 +111,8 @@ def split_at(model: keras.Model, trainable_from: str) -> tuple[keras.Model, kera
     start = [layer.name for layer in backbone.layers].index(f"{trainable_from}_expand")
     tensors: dict[str, object] = {}
     for layer in backbone.layers[start:]:
-        inbound = layer._inbound_nodes[0].input_tensors  # noqa: SLF001 - Keras exposes no public graph walk
-        args = [tensors.get(t._keras_history.operation.name, x) for t in inbound]  # noqa: SLF001
+        inbound = layer._inbound_nodes[0].input_tensors
+        args = [tensors.get(t._keras_history.operation.name, x) for t in inbound]
         out = layer(args if len(args) > 1 else args[0])
         tensors[layer.name] = out
     x = out

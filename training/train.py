@@ -51,8 +51,12 @@ def image_batches(crops: np.ndarray, batches: PairBatches, seed: int) -> Iterato
         yield _augment_rows(crops, rows, aug), batches.mask
 
 
-def feature_batches(features: np.ndarray, batches: PairBatches, row_to_slot: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    variants = features.shape[0]
+def feature_batches(features: np.ndarray, batches: PairBatches, row_to_slot: np.ndarray, variants: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Cached trunk features of each pair batch, one random cached variant per image.
+
+    ``variants`` limits the choice to the first N cached variants (variant 0 is unaugmented).
+    """
+    variants = min(variants, features.shape[0]) if variants > 0 else features.shape[0]
     for rows in batches:
         variant = batches.rng.integers(0, variants, size=len(rows))
         yield features[variant, row_to_slot[rows]].astype(np.float32), batches.mask
@@ -84,8 +88,25 @@ def compute_trunk_cache(trunk: keras.Model, crops: np.ndarray, rows: np.ndarray,
                 features[v, start : start + len(chunk)] = infer(images).astype(np.float16)
                 bar.update(len(chunk))
     features.flush()
+    np.save(path.with_suffix(".rows.npy"), rows)
     done_marker.write_text(json.dumps({"shape": list(shape)}))
     return np.load(path, mmap_mode="r")
+
+
+def reuse_trunk_cache(source: Path, name: str, rows: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features cached by another run with the same trunk, and a row -> slot map into them.
+
+    Learning-curve runs train on subsets of the main run's identities; recomputing the
+    frozen trunk for each would cost more than their training.
+    """
+    features = np.load(source / f"{name}.npy", mmap_mode="r")
+    cached_rows = np.load(source / f"{name}.rows.npy")
+    missing = np.setdiff1d(rows, cached_rows)
+    if len(missing):
+        raise ValueError(f"{source / name} lacks {len(missing)} of this run's rows: it was made for another split")
+    slot = np.full(n_rows, -1, dtype=np.int64)
+    slot[cached_rows] = np.arange(len(cached_rows))
+    return features, slot
 
 
 class EmbedderCheckpoint(keras.callbacks.Callback):
@@ -146,22 +167,34 @@ def train(args: argparse.Namespace) -> Path:
     embedder = build_embedder(
         input_size=cache.crops.shape[1], alpha=args.alpha, embedding_size=args.embedding_size,
         backbone_weights=None if args.no_pretrained else args.weights,
-        trainable=args.trainable, trainable_from=args.trainable_from,
+        trainable=args.trainable, trainable_from=args.trainable_from, batchnorm=args.batchnorm,
     )
     state = json.loads((out / "state.json").read_text()) if (out / "state.json").exists() else {"epoch": 0, "best_val_loss": math.inf}
+    if args.init_from:
+        # Stage two of the recipe: start from a run whose head was trained on the frozen backbone.
+        embedder.set_weights(keras.models.load_model(args.init_from, compile=False).get_weights())
     use_cache = args.trunk_cache > 0
-    if use_cache and args.trainable != "partial":
-        raise ValueError("--trunk-cache needs --trainable partial: the cached trunk must be frozen")
+    if use_cache and args.trainable == "full":
+        raise ValueError("--trunk-cache needs a frozen trunk: --trainable partial or frozen")
     if use_cache:
-        trunk, shared = split_at(embedder, args.trainable_from)
-        feats = compute_trunk_cache(trunk, cache.crops, train_rows, args.trunk_cache, out / "trunk_cache.npy", args.seed)
-        val_feats = compute_trunk_cache(trunk, cache.crops, val_rows, 1, out / "trunk_cache_val.npy", args.seed)
-        slot = np.full(len(cache.identities), -1, dtype=np.int64)
-        slot[train_rows] = np.arange(len(train_rows))
-        val_slot = np.full(len(cache.identities), -1, dtype=np.int64)
-        val_slot[val_rows] = np.arange(len(val_rows))
+        cut = "head" if args.trainable == "frozen" else args.trainable_from
+        trunk, shared = split_at(embedder, cut)
+        if args.reuse_trunk_cache:
+            source_config = json.loads((args.reuse_trunk_cache / "config.json").read_text())
+            for key in ("trainable_from", "alpha", "weights", "cache", "split_seed", "val_fraction"):
+                if source_config.get(key) != config.get(key):
+                    raise ValueError(f"--reuse-trunk-cache: {key} differs ({source_config.get(key)} vs {config.get(key)})")
+            feats, slot = reuse_trunk_cache(args.reuse_trunk_cache, "trunk_cache", train_rows, len(cache.identities))
+            val_feats, val_slot = reuse_trunk_cache(args.reuse_trunk_cache, "trunk_cache_val", val_rows, len(cache.identities))
+        else:
+            feats = compute_trunk_cache(trunk, cache.crops, train_rows, args.trunk_cache, out / "trunk_cache.npy", args.seed)
+            val_feats = compute_trunk_cache(trunk, cache.crops, val_rows, 1, out / "trunk_cache_val.npy", args.seed)
+            slot = np.full(len(cache.identities), -1, dtype=np.int64)
+            slot[train_rows] = np.arange(len(train_rows))
+            val_slot = np.full(len(cache.identities), -1, dtype=np.int64)
+            val_slot[val_rows] = np.arange(len(val_rows))
         batches = PairBatches(train_ids, bs=bs, seed=args.seed + state["epoch"])
-        source = feature_batches(feats, batches, slot)
+        source = feature_batches(feats, batches, slot, args.variants)
         val_batches = fixed_validation(val_ids, val_bs, args.seed)
         val_x = np.concatenate([val_feats[0, val_slot[b]].astype(np.float32) for b in val_batches])
         input_shape = feats.shape[2:]
@@ -227,10 +260,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-pretrained", action="store_true")
     p.add_argument("--trainable", choices=["frozen", "partial", "full"], default="full" if on_gpu else "partial")
     p.add_argument("--trainable-from", default="block_13")
+    p.add_argument("--batchnorm", choices=["frozen", "train"], default="frozen", help="BatchNorm of the trainable blocks")
     p.add_argument("--trunk-cache", type=int, default=0 if on_gpu else 6, help="augmented variants per image to cache (0: off)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--split-seed", type=int, default=20221)
     p.add_argument("--max-train-identities", type=int, default=0, help="learning curves: train on the first N identities")
+    p.add_argument("--init-from", type=Path, default=None, help="start from the weights of this saved embedder (.keras)")
+    p.add_argument("--variants", type=int, default=0, help="use only the first N cached variants (0: all; 1: no augmentation)")
+    p.add_argument("--reuse-trunk-cache", type=Path, default=None, help="a run directory whose trunk cache covers this run's rows")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Path, Request, Security
 from fastapi.security import APIKeyHeader
 from limits import parse
 from limits.storage import MemoryStorage
@@ -44,7 +44,13 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent. With the default ("request") scope
+# FastAPI runs the code after `yield` once the response has gone out, so a client could see
+# 200 for a delete that is not yet committed (or never is, when the commit fails).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+# A row id in a path: bounded to BIGINT, so an absurd id is a 422, not a driver overflow (500/503).
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 @dataclass(frozen=True)

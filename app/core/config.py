@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     MIN_IDENTIFY_FRAMES: int = 1
 
     # Frame quality (on the aligned face)
-    MIN_FACE_PX: float = Field(default=60.0, description="smallest face width (landmark box, source pixels)")
-    MIN_SHARPNESS: float = Field(default=15.0, description="smallest Laplacian variance inside the face")
+    MIN_FACE_PX: float = Field(default=50.0, description="smallest face width (landmark box, source pixels)")
+    MIN_SHARPNESS: float = Field(default=10.0, description="smallest Laplacian variance inside the face")
     MIN_BRIGHTNESS: float = Field(default=40.0, description="darkest mean face luminance (0..255)")
     MAX_BRIGHTNESS: float = Field(default=225.0, description="brightest mean face luminance (0..255)")
     ALIGNER_POOL: int = 2
@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     )
     DELETION_TOKEN_TTL_S: int = 120
     SCAN_RESCORE_K: int = 16
+    SCAN_THREADS: int = Field(default=2, ge=1, le=64, description="threads for the int8 template scan")
 
     # Access
     AUTH_ENABLED: bool = True

@@ -144,10 +144,16 @@ def count_templates(session: Session, model_id: str) -> int:
     return int(session.execute(select(func.count()).select_from(Template).where(Template.model_id == model_id)).scalar_one())
 
 
-def record_match(session: Session, person_id: int) -> None:
-    session.execute(
+def record_match(session: Session, person_id: int) -> bool:
+    """Count the match; False when the person no longer exists (deleted since the scan).
+
+    The row lock this UPDATE takes keeps the person from being deleted until the caller's
+    transaction ends, so the person read after it is the one that was matched.
+    """
+    result = session.execute(
         update(Person).where(Person.id == person_id).values(search_count=Person.search_count + 1, last_matched_at=utcnow())
     )
+    return int(getattr(result, "rowcount", 0) or 0) == 1
 
 
 def sample_templates(session: Session, model_id: str, limit: int) -> np.ndarray:
@@ -209,6 +215,14 @@ def find_api_key(session: Session, key: str) -> ApiKey | None:
     if row is None or not secrets.compare_digest(row.key_hash, hash_secret(key)):
         return None
     return row
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A client's instant in UTC (naive means UTC): SQLite compares datetimes as text, so an
+    instant with another offset must be converted before it reaches a query."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def as_aware(moment: datetime | None) -> datetime | None:

@@ -34,6 +34,8 @@ def make_engine(settings: Settings) -> Engine:
             cursor = conn.cursor()
             # WAL lets readers and one writer work at once; foreign keys make cascades real.
             cursor.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL never corrupts the file; a power cut may lose the last commit.
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()

@@ -46,8 +46,9 @@ class Candidate:
 
 
 class TemplateIndex:
-    def __init__(self, model_id: str, dim: int, capacity: int = 1024):
+    def __init__(self, model_id: str, dim: int, capacity: int = 1024, threads: int = 1):
         self.model_id = model_id
+        self.threads = threads
         self.dim = dim
         self.generation = -1
         self._codes = np.zeros((capacity, dim), dtype=np.int8)
@@ -149,17 +150,20 @@ class TemplateIndex:
     # -- scan ------------------------------------------------------------------------------
     def scan(self, query: np.ndarray, k: int) -> list[Candidate]:
         """Shortlist the ``k`` nearest templates by int8 dot product (approximate distances)."""
-        q = quantise(query)
+        q = quantise(query)[None, :]
         with self._lock:
             n = self._size
             if n == 0:
                 return []
-            dots = np.asarray(simsimd.cdist(q[None, :], self._codes[:n], metric="dot", threads=1), dtype=np.float64)[0]
+            dots = np.empty((1, n), dtype=np.float32)
+            simsimd.cdist(q, self._codes[:n], metric="dot", out=dots, threads=self.threads)
+            scores = dots[0]
             k = min(k, n)
-            top = np.argpartition(-dots, k - 1)[:k] if k < n else np.arange(n)
-            top = top[np.argsort(-dots[top])]
+            # Largest dot products = smallest distances; argpartition without negating a copy.
+            top = np.argpartition(scores, n - k)[n - k :] if k < n else np.arange(n)
+            top = top[np.argsort(-scores[top])]
             return [
-                Candidate(int(self._template_ids[r]), int(self._person_ids[r]), float(1.0 - dots[r] / QUANT_SCALE**2))
+                Candidate(int(self._template_ids[r]), int(self._person_ids[r]), float(1.0 - scores[r] / QUANT_SCALE**2))
                 for r in top
             ]
 

@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion"])
 
 @router.post(
     "", response_model=DeletionRequestPublic, status_code=201, dependencies=[Multipart],
-    responses=error_responses(401, 403, 404, 413, 415, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
     summary="Find who a burst is, and get a one-time token to delete them",
 )
 def request_deletion(request: Request, runtime: RuntimeDep, session: SessionDep, principal: AdminKey,
@@ -37,7 +37,7 @@ def request_deletion(request: Request, runtime: RuntimeDep, session: SessionDep,
                                  token=token, expires_at=crud.as_aware(row.expires_at))  # type: ignore[arg-type]
 
 
-@router.post("/confirm", response_model=DeletionDone, responses=error_responses(401, 403, 404, 422, 429, 503),
+@router.post("/confirm", response_model=DeletionDone, responses=error_responses(400, 401, 403, 404, 422, 429, 503),
              summary="Confirm a deletion with its token: deletes that person and nobody else")
 def confirm_deletion(request: Request, body: DeletionConfirm, session: SessionDep, principal: AdminKey) -> DeletionDone:
     claimed = crud.claim_deletion_request(session, body.token)

@@ -30,6 +30,7 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> EventsPublic:
     conditions = []
+    since, until = crud.as_utc(since), crud.as_utc(until)
     if since is not None:
         conditions.append(Event.created_at >= since)
     if until is not None:

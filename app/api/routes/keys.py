@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from app.api.common import audit
-from app.api.deps import AdminKey, SessionDep
+from app.api.deps import AdminKey, RowId, SessionDep
 from app.api.schemas import KeyCreate, KeyCreated, KeyPublic, KeysPublic
 from app.core.errors import error_responses, not_found
 from app.store import crud
@@ -26,7 +26,8 @@ def key_public(row: ApiKey) -> KeyPublic:
     )
 
 
-@router.post("", response_model=KeyCreated, status_code=201, responses=error_responses(401, 403, 422, 429, 503), summary="Create a key")
+@router.post("", response_model=KeyCreated, status_code=201, responses=error_responses(400, 401, 403, 422, 429, 503),
+             summary="Create a key")
 def create_key(request: Request, body: KeyCreate, session: SessionDep, principal: AdminKey) -> KeyCreated:
     expires = crud.utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
     key, row = crud.create_api_key(session, body.name, body.scope, expires)
@@ -44,8 +45,8 @@ def list_keys(session: SessionDep, _: AdminKey, offset: Annotated[int, Query(ge=
     return KeysPublic(data=[key_public(r) for r in rows], count=int(count))
 
 
-@router.delete("/{key_id}", response_model=KeyPublic, responses=error_responses(401, 403, 404, 429, 503), summary="Revoke a key")
-def revoke_key(request: Request, key_id: int, session: SessionDep, principal: AdminKey) -> KeyPublic:
+@router.delete("/{key_id}", response_model=KeyPublic, responses=error_responses(401, 403, 404, 422, 429, 503), summary="Revoke a key")
+def revoke_key(request: Request, key_id: RowId, session: SessionDep, principal: AdminKey) -> KeyPublic:
     row = session.get(ApiKey, key_id)
     if row is None:
         raise not_found("key", key_id)

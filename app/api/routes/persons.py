@@ -9,8 +9,8 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 
 from app import recognition
 from app.api.common import audit, frames_public, person_public, read_frames
-from app.api.deps import AdminKey, Multipart, RuntimeDep, SessionDep, audit_context
-from app.api.schemas import FramesAdded, PersonEnrolled, PersonPublic, PersonRef, PersonsPublic, PersonUpdate, DeletionDone
+from app.api.deps import AdminKey, Multipart, RowId, RuntimeDep, SessionDep, audit_context
+from app.api.schemas import DeletionDone, FramesAdded, PersonEnrolled, PersonPublic, PersonRef, PersonsPublic, PersonUpdate
 from app.core.errors import ApiError, error_responses, not_found
 from app.store import crud
 from app.store.models import Person
@@ -41,7 +41,7 @@ def _get(session: Any, person_id: int) -> Person:
 
 @router.post(
     "", response_model=PersonEnrolled, status_code=201, dependencies=[Multipart],
-    responses=error_responses(401, 403, 409, 413, 415, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
     summary="Enrol a person from a burst of frames",
 )
 def enrol(request: Request, runtime: RuntimeDep, session: SessionDep, principal: AdminKey,
@@ -74,25 +74,28 @@ def list_persons(runtime: RuntimeDep, session: SessionDep, _: AdminKey,
     return PersonsPublic(data=[person_public(p, counts.get(p.id)) for p in persons], count=count)
 
 
-@router.get("/{person_id}", response_model=PersonPublic, responses=error_responses(401, 403, 404, 429, 503), summary="One person")
-def get_person(person_id: int, runtime: RuntimeDep, session: SessionDep, _: AdminKey) -> PersonPublic:
+@router.get("/{person_id}", response_model=PersonPublic, responses=error_responses(401, 403, 404, 422, 429, 503), summary="One person")
+def get_person(person_id: RowId, runtime: RuntimeDep, session: SessionDep, _: AdminKey) -> PersonPublic:
     person = _get(session, person_id)
     return person_public(person, crud.frame_counts(session, [person_id], runtime.model_id).get(person_id))
 
 
 @router.get(
-    "/{person_id}/sample", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}, **error_responses(401, 403, 404, 429, 503)},
+    "/{person_id}/sample", response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, **error_responses(401, 403, 404, 422, 429, 503)},
     summary="The person's sample aligned face (JPEG)",
 )
-def get_sample(person_id: int, session: SessionDep, _: AdminKey) -> Response:
+def get_sample(person_id: RowId, session: SessionDep, _: AdminKey) -> Response:
     person = _get(session, person_id)
     if not person.sample_jpeg:
         raise ApiError(404, "sample_not_found", f"person {person_id} has no sample image")
     return Response(content=person.sample_jpeg, media_type="image/jpeg")
 
 
-@router.patch("/{person_id}", response_model=PersonPublic, responses=error_responses(401, 403, 404, 422, 429, 503), summary="Rename or re-tag")
-def update_person(request: Request, person_id: int, body: PersonUpdate, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> PersonPublic:
+@router.patch("/{person_id}", response_model=PersonPublic, responses=error_responses(400, 401, 403, 404, 422, 429, 503),
+              summary="Rename or re-tag")
+def update_person(request: Request, person_id: RowId, body: PersonUpdate, runtime: RuntimeDep, session: SessionDep,
+                  principal: AdminKey) -> PersonPublic:
     person = _get(session, person_id)
     if body.name is not None:
         person.name = body.name
@@ -106,10 +109,10 @@ def update_person(request: Request, person_id: int, body: PersonUpdate, runtime:
 
 @router.post(
     "/{person_id}/frames", response_model=FramesAdded, dependencies=[Multipart],
-    responses=error_responses(401, 403, 404, 409, 413, 415, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
     summary="Add frames; the template is re-fused from all the person's frames",
 )
-def add_frames(request: Request, person_id: int, runtime: RuntimeDep, session: SessionDep, principal: AdminKey,
+def add_frames(request: Request, person_id: RowId, runtime: RuntimeDep, session: SessionDep, principal: AdminKey,
                frames: Annotated[list[UploadFile], File()]) -> FramesAdded:
     """Refused with 409 `face_mismatch` when the new frames are not this person's face."""
     audit_context(request, "add_frames", person_id=person_id)
@@ -119,8 +122,9 @@ def add_frames(request: Request, person_id: int, runtime: RuntimeDep, session: S
     return FramesAdded(person=person_public(person, total), frames=frames_public(burst))
 
 
-@router.delete("/{person_id}", response_model=DeletionDone, responses=error_responses(401, 403, 404, 429, 503), summary="Delete a person")
-def delete_person(request: Request, person_id: int, session: SessionDep, principal: AdminKey) -> DeletionDone:
+@router.delete("/{person_id}", response_model=DeletionDone, responses=error_responses(401, 403, 404, 422, 429, 503),
+               summary="Delete a person")
+def delete_person(request: Request, person_id: RowId, session: SessionDep, principal: AdminKey) -> DeletionDone:
     """Removes the person's templates, frame embeddings and sample image. Past audit events
     keep the person id but hold no face data."""
     person = _get(session, person_id)

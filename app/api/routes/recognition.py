@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from app import recognition
 from app.api.common import audit_decision, frames_public, read_frames
-from app.api.deps import DoorKey, Multipart, RuntimeDep, SessionDep, audit_context
+from app.api.deps import DoorKey, Multipart, RowId, RuntimeDep, SessionDep, audit_context
 from app.api.schemas import IdentifyPublic, PersonRef, VerifyPublic
 from app.core.errors import error_responses
 from app.store.models import Person
@@ -21,7 +21,7 @@ DoorField = Annotated[str | None, Form(max_length=200, description="which door i
 
 @router.post(
     "/identify", response_model=IdentifyPublic, dependencies=[Multipart],
-    responses=error_responses(401, 403, 413, 415, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503),
     summary="Identify a burst of frames: grant or deny",
 )
 def identify(request: Request, runtime: RuntimeDep, session: SessionDep, principal: DoorKey,
@@ -53,10 +53,10 @@ def identify(request: Request, runtime: RuntimeDep, session: SessionDep, princip
 
 @router.post(
     "/persons/{person_id}/verify", response_model=VerifyPublic, dependencies=[Multipart],
-    responses=error_responses(401, 403, 404, 409, 413, 415, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
     summary="Verify (1:1) a burst against one person",
 )
-def verify(request: Request, person_id: int, runtime: RuntimeDep, session: SessionDep, principal: DoorKey,
+def verify(request: Request, person_id: RowId, runtime: RuntimeDep, session: SessionDep, principal: DoorKey,
            frames: FramesField, door_id: DoorField = None) -> VerifyPublic:
     """Is this burst the given person? Granted when the distance is within the threshold."""
     audit_context(request, "verify", door_id=door_id, person_id=person_id)

@@ -28,7 +28,7 @@ def get_threshold(runtime: RuntimeDep, session: SessionDep, _: AdminKey) -> Thre
     return _public(runtime, session)
 
 
-@router.put("", response_model=ThresholdPublic, responses=error_responses(401, 403, 422, 429, 503), summary="Set the threshold")
+@router.put("", response_model=ThresholdPublic, responses=error_responses(400, 401, 403, 422, 429, 503), summary="Set the threshold")
 def put_threshold(request: Request, body: ThresholdUpdate, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> ThresholdPublic:
     """Stored in the database: every replica uses it from its next request."""
     old = runtime.threshold(session)
@@ -37,7 +37,7 @@ def put_threshold(request: Request, body: ThresholdUpdate, runtime: RuntimeDep, 
     return _public(runtime, session)
 
 
-@router.post("/calibrate", response_model=CalibratePublic, responses=error_responses(401, 403, 422, 429, 503),
+@router.post("/calibrate", response_model=CalibratePublic, responses=error_responses(400, 401, 403, 422, 429, 503),
              summary="Recommend a threshold from the enrolled templates")
 def calibrate(request: Request, body: CalibrateRequest, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> CalibratePublic:
     """Two rules: `min_negative`, the origin's smallest distance between two enrolled people

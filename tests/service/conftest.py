@@ -1,0 +1,205 @@
+"""Service fixtures: one Runtime per database backend, wiped between tests.
+
+Every service test runs against SQLite and against the PostgreSQL server on 127.0.0.1:5432
+(database ``test``); the Postgres half skips with a reason when that server is unreachable.
+Tests that need real faces read ../shared and skip with a reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from app.cli import migrate
+from app.core.config import REPO_ROOT, Settings
+from app.main import create_app
+from app.recognition import Runtime
+from app.store import crud
+from app.store.index import TemplateIndex
+from app.vision.embedder import find_package, list_packages
+
+SHARED = REPO_ROOT.parent / "shared"
+FACES = SHARED / "data" / "faces"
+PG_URL = os.environ.get("FACEGATE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+TABLES = ["events", "deletion_requests", "template_deletions", "frame_embeddings", "templates", "persons", "api_keys"]
+
+
+def model_store() -> Path:
+    store = Path(os.environ.get("FACEGATE_TEST_MODEL_STORE", REPO_ROOT / "model_store"))
+    if not list_packages(store):
+        pytest.skip(f"no model package in {store}: run the training pipeline and training.export first")
+    return store
+
+
+def postgres_reachable() -> str | None:
+    try:
+        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure is a reason to skip
+        return f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+
+
+def reset_postgres() -> None:
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def test_settings(url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "DATABASE_URL": url, "MODEL_STORE": model_store(), "AUTH_ENABLED": True,
+        "RATE_LIMIT_DOOR": "10000/second", "RATE_LIMIT_ADMIN": "10000/second", "MIN_ENROL_FRAMES": 3,
+        "LOG_FORMAT": "text",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'facegate.db'}"
+    else:
+        reason = postgres_reachable()
+        if reason:
+            pytest.skip(f"PostgreSQL at {PG_URL} unreachable ({reason})")
+        reset_postgres()
+        url = PG_URL
+    migrate(url, wait_s=5)
+    return url
+
+
+@pytest.fixture(scope="session")
+def runtime(database_url: str) -> Iterator[Runtime]:
+    rt = Runtime(test_settings(database_url))
+    yield rt
+    rt.close()
+
+
+def wipe(rt: Runtime) -> None:
+    with rt.engine.begin() as conn:
+        for table in TABLES:
+            conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed table names
+        conn.execute(text("UPDATE store_state SET generation = 0, threshold = NULL WHERE id = 1"))
+    rt.index = TemplateIndex(rt.model_id, rt.package.embedding_size)
+
+
+@pytest.fixture
+def clean_runtime(runtime: Runtime) -> Runtime:
+    wipe(runtime)
+    return runtime
+
+
+def make_key(rt: Runtime, scope: str, name: str | None = None) -> str:
+    with rt.sessions() as session:
+        key, _ = crud.create_api_key(session, name or f"test-{scope}", scope)
+        session.commit()
+    return key
+
+
+@pytest.fixture
+def admin_key(clean_runtime: Runtime) -> str:
+    return make_key(clean_runtime, "admin")
+
+
+@pytest.fixture
+def door_key(clean_runtime: Runtime) -> str:
+    return make_key(clean_runtime, "door")
+
+
+@pytest.fixture
+def client(clean_runtime: Runtime) -> Iterator[TestClient]:
+    with TestClient(create_app(clean_runtime.settings, runtime=clean_runtime), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def admin(client: TestClient, admin_key: str) -> TestClient:
+    client.headers["X-API-Key"] = admin_key
+    return client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live_server(clean_runtime: Runtime) -> Iterator[str]:
+    """The real app behind uvicorn on a loopback port: tests talk HTTP to it."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(clean_runtime.settings, runtime=clean_runtime), host="127.0.0.1",
+                                           port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        pytest.fail("live server did not start")
+    yield base
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+# -- real faces --------------------------------------------------------------------------------
+
+
+def _holdout(store: Path) -> set[str] | None:
+    package = find_package(store)
+    split = package / "split.json"
+    if split.exists():
+        return set(json.loads(split.read_text())["val"])
+    return None
+
+
+@pytest.fixture(scope="session")
+def faces() -> dict[str, list[bytes]]:
+    """Photos of people the shipped model never trained on, from CelebA in-the-wild crops.
+
+    Identity -> JPEG bytes of every photo, for identities with at least 8 photos.
+    """
+    root = FACES / "celeba_wild"
+    if not root.is_dir():
+        pytest.skip(f"real face photos not found at {root} (../shared is absent)")
+    holdout = _holdout(model_store())
+    people: dict[str, list[bytes]] = {}
+    for folder in sorted(root.iterdir()):
+        if holdout is not None and folder.name not in holdout:
+            continue
+        photos = sorted(folder.glob("*.jpg"))
+        if len(photos) >= 8:
+            people[folder.name] = [p.read_bytes() for p in photos]
+    if len(people) < 3:
+        pytest.skip("fewer than 3 held-out identities with 8 photos in ../shared")
+    return people
+
+
+def multipart(frames: list[bytes], **fields: str) -> dict[str, object]:
+    return {
+        "files": [("frames", (f"f{i}.jpg", data, "image/jpeg")) for i, data in enumerate(frames)],
+        "data": fields,
+    }

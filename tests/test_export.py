@@ -1,0 +1,141 @@
+"""Export: the TFLite file computes what the Keras model computes, and the manifest says so.
+
+(a) runs from the repository alone on a tiny random-weight embedder; (b) checks the shipped
+model in ``model_store/`` on real aligned faces from ``../shared``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import training.tflite
+from app.vision.litert import LiteRTModel
+from training import export
+from training.model import build_embedder
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory as training.train leaves it, holding a tiny random-weight embedder."""
+    run = tmp_path_factory.mktemp("run")
+    keras.utils.set_random_seed(0)
+    model = build_embedder(input_size=64, alpha=0.35, embedding_size=16, backbone_weights=None, trainable="partial")
+    model.save(run / "best.keras")
+    (run / "config.json").write_text(json.dumps({
+        "cache": str(run / "no-cache-here"), "alpha": 0.35, "embedding_size": 16, "trainable": "partial",
+        "trainable_from": "block_13", "trunk_cache": 1, "no_pretrained": True, "epochs": 2, "bs": 3,
+        "train_identities": 7, "train_images": 21, "val_identities": 3, "val_images": 9,
+    }))
+    (run / "history.csv").write_text(
+        "epoch,loss,val_loss\n0,0.9,0.8\n1,0.7,0.75\n1,0.7,0.74\n"  # the repeated epoch is a resumed run's
+    )
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export.export_run(tiny_run, tmp_path_factory.mktemp("store"))
+
+
+def test_tflite_matches_keras_on_random_inputs(tiny_run: Path, exported: Path) -> None:
+    model = keras.models.load_model(tiny_run / "best.keras", compile=False)
+    x = np.random.default_rng(0).uniform(0, 255, size=(6, 64, 64, 3)).astype(np.float32)
+    keras_out = model.predict(x, verbose=0)
+    tflite_out = LiteRTModel(exported / "model.tflite")(x)
+    assert tflite_out.shape == keras_out.shape == (6, 16)
+    assert float(np.max(np.abs(tflite_out - keras_out))) < 1e-4
+    np.testing.assert_allclose(np.linalg.norm(tflite_out, axis=1), 1.0, atol=1e-5)
+    assert export.verify_roundtrip(model, exported / "model.tflite", x) < 1e-4
+
+
+def test_manifest_lists_hashes_and_the_model_contract(exported: Path) -> None:
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    assert set(manifest["files"]) == {"model.keras", "model.tflite"}
+    for name, meta in manifest["files"].items():
+        assert meta["sha256"] == sha256(exported / name)
+        assert meta["bytes"] == (exported / name).stat().st_size
+    tflite_sha = manifest["files"]["model.tflite"]["sha256"]
+    assert re.fullmatch(rf"facegate-mnv2-0\.35-64-16-\d{{8}}-{tflite_sha[:8]}", manifest["model_id"])
+    assert exported.name == manifest["model_id"]
+    assert manifest["serving_file"] == "model.tflite"
+    assert manifest["input"] == {"size": 64, "channels": 3, "color": "RGB", "dtype": "float32", "range": [0, 255]}
+    assert manifest["embedding_size"] == 16
+    assert manifest["architecture"]["alpha"] == 0.35
+    assert manifest["tflite_max_abs_diff"] < 1e-4
+    assert "noise" in manifest["tflite_roundtrip_inputs"]  # the run's cache is absent here
+    assert manifest["training"]["history"]["epochs_run"] == 2
+    assert manifest["training"]["history"]["best_epoch"] == 2
+    assert manifest["training"]["history"]["best_val_loss"] == pytest.approx(0.74)
+    assert manifest["recommended_threshold"]["threshold"] is None
+    assert "no pairs evaluation" in manifest["recommended_threshold"]["reason"]
+    libraries = {"tensorflow", "keras", "mediapipe", "numpy", "ai-edge-litert", "python"}
+    assert set(manifest["library_versions"]) == libraries
+    assert not list(exported.parent.glob(".partial-*"))
+
+
+def test_export_refuses_to_overwrite_and_to_ship_a_diverging_tflite(
+    tiny_run: Path, exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tflite = (exported / "model.tflite").read_bytes()
+    monkeypatch.setattr(training.tflite, "to_tflite", lambda model: tflite)  # skip a second conversion
+    with pytest.raises(FileExistsError, match="--force"):
+        export.export_run(tiny_run, exported.parent)
+    monkeypatch.setattr(export, "verify_roundtrip", lambda *args: 1e-3)
+    with pytest.raises(ValueError, match="differs from Keras"):
+        export.export_run(tiny_run, exported.parent, model_id="diverging")
+    assert not (exported.parent / "diverging").exists()
+    assert not list(exported.parent.glob(".partial-*"))
+
+
+def test_export_is_loadable_by_the_service(exported: Path) -> None:
+    embedder = pytest.importorskip("app.vision.embedder", reason="the service's model loader is not in this checkout")
+    package = embedder.ModelPackage.open(exported)
+    assert package.model_id == exported.name
+    assert package.input_size == 64
+
+
+def shipped_models(repo_root: Path) -> list[Path]:
+    store = repo_root / "model_store"
+    return sorted(p for p in store.glob("*/manifest.json")) if store.is_dir() else []
+
+
+def test_shipped_model_tflite_matches_keras_on_real_aligned_faces(repo_root: Path, shared_dir: Path) -> None:
+    """The shipped package, run on crops the service's aligner makes from real photos."""
+    manifests = shipped_models(repo_root)
+    if not manifests:
+        pytest.skip("model_store/ holds no exported model yet: run `python -m training.export --run runs/main`")
+    from app.vision.align import FaceAligner
+    from training.evaluate import read_rgb
+
+    photos = sorted((shared_dir / "data" / "faces" / "celeba_aligned").glob("*/*.jpg"))[:12]
+    for manifest_path in manifests:
+        package = manifest_path.parent
+        manifest = json.loads(manifest_path.read_text())
+        for name, meta in manifest["files"].items():
+            assert sha256(package / name) == meta["sha256"], f"{package / name} does not match its manifest"
+        crops = []
+        with FaceAligner(size=manifest["input"]["size"]) as aligner:
+            for photo in photos:
+                rgb = read_rgb(photo)
+                result = aligner.align(rgb, pick_largest=True) if rgb is not None else None
+                if result is not None and result.face is not None:
+                    crops.append(result.face.crop)
+                if len(crops) == 6:
+                    break
+        assert len(crops) >= 3, "the aligner found too few faces in the sample photos"
+        batch = np.stack(crops).astype(np.float32)
+        model = keras.models.load_model(package / "model.keras", compile=False)
+        diff = export.verify_roundtrip(model, package / manifest["serving_file"], batch)
+        assert diff < 1e-4, f"{package.name}: TFLite differs from Keras by {diff:.3g} on real aligned faces"
