@@ -8,11 +8,16 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from app.core.config import REPO_ROOT, get_settings
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy.orm import Session
 
-def alembic_config(url: str):  # type: ignore[no-untyped-def]
+
+def alembic_config(url: str) -> Config:
     from alembic.config import Config
 
     config = Config(str(REPO_ROOT / "migrations" / "alembic.ini"))
@@ -36,9 +41,10 @@ def migrate(database_url: str | None = None, wait_s: float = 60.0) -> None:
         try:
             ping(engine)
             break
-        except OperationalError:
+        except OperationalError as exc:
             if time.monotonic() > deadline:
-                raise SystemExit(f"database at {engine.url.render_as_string(hide_password=True)} unreachable for {wait_s:.0f}s")
+                url = engine.url.render_as_string(hide_password=True)
+                raise SystemExit(f"database at {url} unreachable for {wait_s:.0f}s") from exc
             time.sleep(1.0)
     engine.dispose()
     config = alembic_config(settings.DATABASE_URL)
@@ -46,7 +52,7 @@ def migrate(database_url: str | None = None, wait_s: float = 60.0) -> None:
     command.upgrade(config, "head")
 
 
-def _session():  # type: ignore[no-untyped-def]
+def _session() -> Session:
     from app.store.db import make_engine, make_session_factory
 
     return make_session_factory(make_engine(get_settings()))()
@@ -81,8 +87,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.no_migrate:
             migrate()
         settings = get_settings()
-        uvicorn.run("app.main:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
-                    log_level=settings.LOG_LEVEL.lower(), access_log=False)
+        uvicorn.run(
+            "app.main:app_factory",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.LOG_LEVEL.lower(),
+            access_log=False,
+        )
     elif args.command == "keys":
         from sqlalchemy import select
 
@@ -98,15 +111,25 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print("store this key now: it is not shown again", file=sys.stderr)
             elif args.keys_command == "list":
                 for row in session.execute(select(ApiKey).order_by(ApiKey.id)).scalars():
-                    print(json.dumps({"id": row.id, "name": row.name, "scope": row.scope, "prefix": row.prefix,
-                                      "revoked": row.revoked_at is not None, "expires_at": str(row.expires_at)}))
+                    print(
+                        json.dumps(
+                            {
+                                "id": row.id,
+                                "name": row.name,
+                                "scope": row.scope,
+                                "prefix": row.prefix,
+                                "revoked": row.revoked_at is not None,
+                                "expires_at": str(row.expires_at),
+                            }
+                        )
+                    )
             else:
-                row = session.get(ApiKey, args.key_id)
-                if row is None:
+                revoked = session.get(ApiKey, args.key_id)
+                if revoked is None:
                     raise SystemExit(f"no key with id {args.key_id}")
-                row.revoked_at = crud.utcnow()
+                revoked.revoked_at = crud.utcnow()
                 session.commit()
-                print(json.dumps({"id": row.id, "revoked": True}))
+                print(json.dumps({"id": revoked.id, "revoked": True}))
     elif args.command == "events":
         from app.store import crud
 

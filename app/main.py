@@ -105,9 +105,16 @@ def _audit_refusal(request: Request, status: int, code: str) -> None:
     try:
         with runtime.sessions() as session:
             crud.record_event(
-                session, kind=context.get("kind", "unknown"), door_id=context.get("door_id"), person_id=context.get("person_id"),
-                decision="error", reason=code, status_code=status, request_id=request_id_var.get(),
-                key_name=principal.name if principal else None, model_id=runtime.model_id,
+                session,
+                kind=context.get("kind", "unknown"),
+                door_id=context.get("door_id"),
+                person_id=context.get("person_id"),
+                decision="error",
+                reason=code,
+                status_code=status,
+                request_id=request_id_var.get(),
+                key_name=principal.name if principal else None,
+                model_id=runtime.model_id,
                 latency_ms=round((time.perf_counter() - request.state.started) * 1000, 2),
             )
             session.commit()
@@ -124,9 +131,12 @@ def install_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
         missing_frames = any(e["loc"][-1:] == ["frames"] and e["type"] == "missing" for e in errors)
-        error = ApiError(422, "no_frames" if missing_frames else "invalid_request",
-                         "send at least one frame in the 'frames' field" if missing_frames else "the request is not valid",
-                         {"errors": errors})
+        error = ApiError(
+            422,
+            "no_frames" if missing_frames else "invalid_request",
+            "send at least one frame in the 'frames' field" if missing_frames else "the request is not valid",
+            {"errors": errors},
+        )
         return await asyncio.to_thread(_error_response, request, error)
 
     @app.exception_handler(StarletteHTTPException)
@@ -188,7 +198,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 rt.close()
 
     app = FastAPI(
-        title="facegate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+        title="facegate",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
         openapi_tags=[
             {"name": "recognition", "description": "door controllers: identify and verify"},
             {"name": "persons", "description": "enrolment and people"},
@@ -219,8 +232,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         REQUEST_SECONDS.labels(endpoint).observe(seconds)
         response.headers["X-Request-ID"] = request_id
         token = request_id_var.set(request_id)
-        log.info("request", extra={"fields": {"method": request.method, "path": endpoint, "status": response.status_code,
-                                              "ms": round(seconds * 1000, 2)}})
+        log.info(
+            "request",
+            extra={"fields": {"method": request.method, "path": endpoint, "status": response.status_code, "ms": round(seconds * 1000, 2)}},
+        )
         request_id_var.reset(token)
         return response
 

@@ -163,7 +163,9 @@ def verify(runtime: Runtime, session: Session, person_id: int, frames: Sequence[
 def _require_frames(runtime: Runtime, burst: Burst, minimum: int) -> None:
     if burst.used < minimum:
         raise ApiError(
-            422, "not_enough_usable_frames", f"{burst.used} usable frames; at least {minimum} are needed",
+            422,
+            "not_enough_usable_frames",
+            f"{burst.used} usable frames; at least {minimum} are needed",
             {"usable": burst.used, "required": minimum, "rejected": burst.rejected(), "frames": frame_details(burst)},
         )
 
@@ -179,7 +181,9 @@ def enrol(runtime: Runtime, session: Session, name: str, metadata: dict[str, Any
     best, _, _ = runtime.nearest(session, fuse(burst.embeddings))
     if best is not None and best.distance <= threshold:
         raise ApiError(
-            409, "already_enrolled", f"this face already matches person {best.person_id}",
+            409,
+            "already_enrolled",
+            f"this face already matches person {best.person_id}",
             {"person_id": best.person_id, "distance": round(best.distance, 6), "threshold": threshold},
         )
     from app.vision.pipeline import crop_to_jpeg
@@ -202,7 +206,9 @@ def add_frames(runtime: Runtime, session: Session, person_id: int, frames: Seque
         threshold = runtime.threshold(session)
         if d > threshold:
             raise ApiError(
-                409, "face_mismatch", f"these frames do not match person {person_id} (distance {d:.3f} > {threshold:.3f})",
+                409,
+                "face_mismatch",
+                f"these frames do not match person {person_id} (distance {d:.3f} > {threshold:.3f})",
                 {"person_id": person_id, "distance": round(d, 6), "threshold": threshold},
             )
     updated = crud.add_frames(session, person, runtime.model_id, burst.embeddings)

@@ -51,13 +51,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=120.0, help="time bound of the concurrency phase")
     p.add_argument("--scan-sizes", default=None, help="comma-separated template counts (default 10000,100000,1000000)")
     p.add_argument("--scan-queries", type=int, default=None, help="timed scans per size (default 50; quick 20)")
-    p.add_argument("--server-templates", type=int, default=None,
-                   help="also start a server holding this many synthetic templates and read its RSS (default 100000; quick 0 = skip)")
+    p.add_argument(
+        "--server-templates",
+        type=int,
+        default=None,
+        help="also start a server holding this many synthetic templates and read its RSS (default 100000; quick 0 = skip)",
+    )
     p.add_argument("--database-url", default=None, help="an empty scratch database instead of a temporary SQLite file")
     p.add_argument("--reuse-db", action="store_true", help="accept a --database-url that already holds people")
     p.add_argument("--model-store", type=Path, default=None, help="default: $MODEL_STORE or model_store/")
-    p.add_argument("--hide-tensorflow", action="store_true",
-                   help="start the server with TensorFlow hidden, as in the Docker image (see bench/serve_without_tensorflow.py)")
+    p.add_argument(
+        "--hide-tensorflow",
+        action="store_true",
+        help="start the server with TensorFlow hidden, as in the Docker image (see bench/serve_without_tensorflow.py)",
+    )
     p.add_argument("--skip-service", action="store_true", help="only the in-process scan benchmark")
     p.add_argument("--skip-scan", action="store_true", help="only the service benchmark")
     p.add_argument("--out", type=Path, default=common.REPO_ROOT / "bench" / "results" / "service.json")
@@ -102,8 +109,7 @@ def sequential_identify(service: common.Service, bursts: list[list[bytes]], requ
     summary = common.latency_summary(latencies)
     # What the stages do not cover: HTTP, multipart parsing, auth, the audit write, the response.
     stages["other"] = round(summary["mean_ms"] - sum(stages.values()), 2)
-    return {"latency": summary, "stages_mean_ms": stages, "decisions": decisions,
-            "frames_used_mean": round(float(np.mean(frames_used)), 2)}
+    return {"latency": summary, "stages_mean_ms": stages, "decisions": decisions, "frames_used_mean": round(float(np.mean(frames_used)), 2)}
 
 
 def service_phase(args: argparse.Namespace, people: dict[str, list[Path]]) -> dict[str, Any]:
@@ -126,8 +132,9 @@ def service_phase(args: argparse.Namespace, people: dict[str, list[Path]]) -> di
                 lat = results[f"identify_{frames}"]["latency"]
                 print(f"identify {frames} frame(s): p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms", flush=True)
             bursts = common.identify_bursts(people, identity, spare, args.concurrent_frames, count=8, seed=7)
-            load = common.identify_load(service.base_url, service.door_key, bursts, args.concurrent_requests,
-                                        args.concurrency, args.max_seconds)
+            load = common.identify_load(
+                service.base_url, service.door_key, bursts, args.concurrent_requests, args.concurrency, args.max_seconds
+            )
             results["concurrent"] = {"concurrency": args.concurrency, "frames": args.concurrent_frames, **load.summary()}
             print(f"concurrency {args.concurrency}: {results['concurrent']['throughput_rps']} req/s", flush=True)
             results["memory_after_load"] = service.memory()
@@ -152,8 +159,14 @@ def server_templates_phase(args: argparse.Namespace, model_id: str, dim: int) ->
             bursts = common.identify_bursts(people, identity, people[identity], 5, count=4)
             identify = sequential_identify(service, bursts, requests=8, warmup=2)
             after = service.memory()
-    return {"templates": n, "seed_s": round(seed_s, 1), "startup_s": round(startup, 1), "memory_ready": ready,
-            "memory_after_identify": after, "identify_5": identify}
+    return {
+        "templates": n,
+        "seed_s": round(seed_s, 1),
+        "startup_s": round(startup, 1),
+        "memory_ready": ready,
+        "memory_after_identify": after,
+        "identify_5": identify,
+    }
 
 
 # -- scan --------------------------------------------------------------------------------------
@@ -201,13 +214,21 @@ def scan_phase(sizes: list[int], queries: int, dim: int) -> list[dict[str, Any]]
             t0 = time.perf_counter()
             simsimd.cdist(qq, matrix, metric="dot", threads=1)
             dots.append(time.perf_counter() - t0)
-        row: dict[str, Any] = {"templates": n, "scan": common.latency_summary(times), "dot_only": common.latency_summary(dots),
-               "index_nbytes": index.nbytes, "index_bytes_per_template": round(index.nbytes / n, 1),
-               "process_rss_growth_mib": round(rss_index, 1),
-               "rss_bytes_per_template": round(rss_index * 2**20 / n, 1), "load_bulk_s": round(load_s, 3)}
+        row: dict[str, Any] = {
+            "templates": n,
+            "scan": common.latency_summary(times),
+            "dot_only": common.latency_summary(dots),
+            "index_nbytes": index.nbytes,
+            "index_bytes_per_template": round(index.nbytes / n, 1),
+            "process_rss_growth_mib": round(rss_index, 1),
+            "rss_bytes_per_template": round(rss_index * 2**20 / n, 1),
+            "load_bulk_s": round(load_s, 3),
+        }
         out.append(row)
-        print(f"scan {n:>9,} templates: p50 {row['scan']['p50_ms']} ms, p95 {row['scan']['p95_ms']} ms, "
-              f"index {index.nbytes / 2**20:.0f} MiB", flush=True)
+        print(
+            f"scan {n:>9,} templates: p50 {row['scan']['p50_ms']} ms, p95 {row['scan']['p95_ms']} ms, index {index.nbytes / 2**20:.0f} MiB",
+            flush=True,
+        )
         del index, matrix
     return out
 
@@ -223,52 +244,80 @@ def report(results: dict[str, Any]) -> str:
             r = svc[f"identify_{frames}"]
             lat = r["latency"]
             p50 = common.versus(lat["p50_ms"], TARGET_IDENTIFY5_P50_MS, "ms") if frames == 5 else f"{lat['p50_ms']:.1f} ms"
-            rows.append([f"identify, {frames} frame(s), sequential (n={lat['n']})", f"p50 {p50}; p95 {lat['p95_ms']:.1f} ms; "
-                         f"mean {lat['mean_ms']:.1f} ms; decisions {r['decisions']}"])
+            rows.append(
+                [
+                    f"identify, {frames} frame(s), sequential (n={lat['n']})",
+                    f"p50 {p50}; p95 {lat['p95_ms']:.1f} ms; mean {lat['mean_ms']:.1f} ms; decisions {r['decisions']}",
+                ]
+            )
             stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_mean_ms"].items())
             rows.append([f"  stages, {frames} frame(s), mean ms per request", stages])
         c = svc["concurrent"]
-        rows.append([f"throughput, concurrency {c['concurrency']}, {c['frames']} frames (n={c['requests']})",
-                     f"{c['throughput_rps']:.2f} req/s; p50 {c['latency'].get('p50_ms')} ms; p95 {c['latency'].get('p95_ms')} ms; "
-                     f"statuses {c['statuses']}"])
-        tf = ("TensorFlow loaded (installed here for training; MediaPipe imports it if present, the image has none)"
-              if svc.get("tensorflow_loaded") else "no TensorFlow loaded")
+        rows.append(
+            [
+                f"throughput, concurrency {c['concurrency']}, {c['frames']} frames (n={c['requests']})",
+                f"{c['throughput_rps']:.2f} req/s; p50 {c['latency'].get('p50_ms')} ms; p95 {c['latency'].get('p95_ms')} ms; "
+                f"statuses {c['statuses']}",
+            ]
+        )
+        tf = (
+            "TensorFlow loaded (installed here for training; MediaPipe imports it if present, the image has none)"
+            if svc.get("tensorflow_loaded")
+            else "no TensorFlow loaded"
+        )
         for label, key in ((f"server RSS, idle after start ({tf})", "memory_idle"), ("server RSS after the load", "memory_after_load")):
             m = svc[key]
-            rows.append([label, f"{common.versus(m['rss_mib'] / MIB_PER_MB, TARGET_MEMORY_MB, 'MB')}; "
-                                f"peak {m['peak_rss_mib'] / MIB_PER_MB:.0f} MB"])
+            rows.append(
+                [label, f"{common.versus(m['rss_mib'] / MIB_PER_MB, TARGET_MEMORY_MB, 'MB')}; peak {m['peak_rss_mib'] / MIB_PER_MB:.0f} MB"]
+            )
     big = results.get("server_templates")
     if big:
         m = big["memory_after_identify"]
         lat = big["identify_5"]["latency"]
-        rows.append([f"server RSS holding {big['templates']:,} templates",
-                     f"{common.versus(m['rss_mib'] / MIB_PER_MB, TARGET_MEMORY_MB, 'MB')}; peak {m['peak_rss_mib'] / MIB_PER_MB:.0f} MB; "
-                     f"start-up {big['startup_s']} s; 5-frame identify p50 {lat['p50_ms']:.1f} ms, "
-                     f"scan stage {big['identify_5']['stages_mean_ms'].get('scan', float('nan')):.1f} ms"])
+        rows.append(
+            [
+                f"server RSS holding {big['templates']:,} templates",
+                f"{common.versus(m['rss_mib'] / MIB_PER_MB, TARGET_MEMORY_MB, 'MB')}; peak {m['peak_rss_mib'] / MIB_PER_MB:.0f} MB; "
+                f"start-up {big['startup_s']} s; 5-frame identify p50 {lat['p50_ms']:.1f} ms, "
+                f"scan stage {big['identify_5']['stages_mean_ms'].get('scan', float('nan')):.1f} ms",
+            ]
+        )
         if "projected_1m_rss_mb" in results and big["templates"] != 1_000_000:
-            rows.append(["server RSS at 1M templates (projected: RSS after the load + 1M x growth per template)",
-                         f"{common.versus(results['projected_1m_rss_mb'], TARGET_MEMORY_MB, 'MB')}; "
-                         f"{results['server_bytes_per_template']:.0f} B/template"])
+            rows.append(
+                [
+                    "server RSS at 1M templates (projected: RSS after the load + 1M x growth per template)",
+                    f"{common.versus(results['projected_1m_rss_mb'], TARGET_MEMORY_MB, 'MB')}; "
+                    f"{results['server_bytes_per_template']:.0f} B/template",
+                ]
+            )
     for s in results.get("scan", []):
         p50 = s["scan"]["p50_ms"]
         shown = common.versus(p50, TARGET_SCAN_1M_MS, "ms") if s["templates"] == 1_000_000 else f"{p50:.2f} ms"
-        rows.append([f"scan k=16, {s['templates']:,} templates (n={s['scan']['n']})",
-                     f"p50 {shown}; p95 {s['scan']['p95_ms']:.2f} ms; dot products alone p50 {s['dot_only']['p50_ms']:.2f} ms; "
-                     f"index {s['index_nbytes'] / 1e6:.0f} MB ({s['index_bytes_per_template']:.0f} B/template, "
-                     f"RSS growth {s['rss_bytes_per_template']:.0f} B/template)"])
+        rows.append(
+            [
+                f"scan k=16, {s['templates']:,} templates (n={s['scan']['n']})",
+                f"p50 {shown}; p95 {s['scan']['p95_ms']:.2f} ms; dot products alone p50 {s['dot_only']['p50_ms']:.2f} ms; "
+                f"index {s['index_nbytes'] / 1e6:.0f} MB ({s['index_bytes_per_template']:.0f} B/template, "
+                f"RSS growth {s['rss_bytes_per_template']:.0f} B/template)",
+            ]
+        )
     return common.markdown_table(["measure", "result"], rows)
 
 
 def main() -> None:
     args = parse_args()
     model_id, dim = common.model_info(args.model_store)
-    results: dict[str, Any] = {"machine": common.machine(), "model_id": model_id, "embedding_size": dim,
-                               "model_store": str(args.model_store), "quick": args.quick,
-                               "hide_tensorflow": args.hide_tensorflow,
-                               "targets": {"identify_5_p50_ms": TARGET_IDENTIFY5_P50_MS, "scan_1m_ms": TARGET_SCAN_1M_MS,
-                                           "memory_mb": TARGET_MEMORY_MB},
-                               "stage_source": "server /metrics facegate_stage_seconds: (sum, count) differenced around each "
-                                               "phase = mean per request; 'other' = client mean minus the stages"}
+    results: dict[str, Any] = {
+        "machine": common.machine(),
+        "model_id": model_id,
+        "embedding_size": dim,
+        "model_store": str(args.model_store),
+        "quick": args.quick,
+        "hide_tensorflow": args.hide_tensorflow,
+        "targets": {"identify_5_p50_ms": TARGET_IDENTIFY5_P50_MS, "scan_1m_ms": TARGET_SCAN_1M_MS, "memory_mb": TARGET_MEMORY_MB},
+        "stage_source": "server /metrics facegate_stage_seconds: (sum, count) differenced around each "
+        "phase = mean per request; 'other' = client mean minus the stages",
+    }
     started = time.perf_counter()
     if not args.skip_service:
         people = common.face_photos()
@@ -289,8 +338,10 @@ def main() -> None:
     results["table"] = table
     common.write_json(args.out, results)
     print()
-    print(f"facegate service benchmark — model {model_id}, {results['machine']['cpus']} CPUs, "
-          f"load average {results['machine']['loadavg_at_start']} at start")
+    print(
+        f"facegate service benchmark — model {model_id}, {results['machine']['cpus']} CPUs, "
+        f"load average {results['machine']['loadavg_at_start']} at start"
+    )
     print(table)
     print(f"\nresults: {args.out}  ({results['elapsed_s']} s)")
 

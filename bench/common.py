@@ -141,15 +141,37 @@ def seed_templates(database_url: str, model_id: str, count: int, dim: int, seed:
                 n = min(batch, count - start)
                 vectors = random_unit_vectors(n, dim, rng)
                 now = crud.utcnow()
-                ids = session.execute(
-                    insert(Person).returning(Person.id, sort_by_parameter_order=True),
-                    [{"name": f"synthetic-{start + i}", "metadata_": {"synthetic": True}, "search_count": 0,
-                      "created_at": now, "updated_at": now} for i in range(n)],
-                ).scalars().all()
+                ids = (
+                    session.execute(
+                        insert(Person).returning(Person.id, sort_by_parameter_order=True),
+                        [
+                            {
+                                "name": f"synthetic-{start + i}",
+                                "metadata_": {"synthetic": True},
+                                "search_count": 0,
+                                "created_at": now,
+                                "updated_at": now,
+                            }
+                            for i in range(n)
+                        ],
+                    )
+                    .scalars()
+                    .all()
+                )
                 session.execute(
                     insert(Template),
-                    [{"person_id": pid, "model_id": model_id, "vector": vector_to_bytes(v), "frame_count": 1, "seq": seq,
-                      "created_at": now, "updated_at": now} for pid, v in zip(ids, vectors, strict=True)],
+                    [
+                        {
+                            "person_id": pid,
+                            "model_id": model_id,
+                            "vector": vector_to_bytes(v),
+                            "frame_count": 1,
+                            "seq": seq,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for pid, v in zip(ids, vectors, strict=True)
+                    ],
                 )
             session.commit()
     engine.dispose()
@@ -208,8 +230,10 @@ def process_memory(pid: int) -> dict[str, float]:
             key, _, rest = line.partition(":")
             if key in ("VmRSS", "VmHWM"):
                 values[key] = int(rest.split()[0]) / 1024
-    return {"rss_mib": round(rss if rss is not None else values.get("VmRSS", float("nan")), 1),
-            "peak_rss_mib": round(values.get("VmHWM", float("nan")), 1)}
+    return {
+        "rss_mib": round(rss if rss is not None else values.get("VmRSS", float("nan")), 1),
+        "peak_rss_mib": round(values.get("VmHWM", float("nan")), 1),
+    }
 
 
 @dataclass
@@ -234,23 +258,24 @@ class Service:
 def service_env(database_url: str, model_store: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(QUIET_ENV)
-    env.update({
-        "DATABASE_URL": database_url,
-        "MODEL_STORE": str(model_store),
-        # The per-key limits (10/s for doors) would turn a load test into a rate-limit test.
-        "RATE_LIMIT_DOOR": "100000/second",
-        "RATE_LIMIT_ADMIN": "100000/second",
-        "LOG_LEVEL": "WARNING",
-        "LOG_FORMAT": "text",
-    })
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "MODEL_STORE": str(model_store),
+            # The per-key limits (10/s for doors) would turn a load test into a rate-limit test.
+            "RATE_LIMIT_DOOR": "100000/second",
+            "RATE_LIMIT_ADMIN": "100000/second",
+            "LOG_LEVEL": "WARNING",
+            "LOG_FORMAT": "text",
+        }
+    )
     env.update(extra or {})
     return env
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     """Run `python -m app.cli ...` with the service's environment; stdout."""
-    done = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise SystemExit(f"`facegate {' '.join(args)}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return done.stdout
@@ -278,8 +303,10 @@ def prepare_database(env: dict[str, str], reuse: bool) -> None:
     cli(env, "migrate")
     existing = count_persons(env["DATABASE_URL"])
     if existing and not reuse:
-        raise SystemExit(f"the database already holds {existing} persons: give an empty scratch database "
-                         "(the benchmark enrols and inserts synthetic people) or pass --reuse-db")
+        raise SystemExit(
+            f"the database already holds {existing} persons: give an empty scratch database "
+            "(the benchmark enrols and inserts synthetic people) or pass --reuse-db"
+        )
 
 
 @contextmanager
@@ -297,7 +324,11 @@ def running_service(env: dict[str, str], start_timeout: float = 180, hide_tensor
     entry = "bench.serve_without_tensorflow" if hide_tensorflow else "app.cli"
     proc = subprocess.Popen(
         [sys.executable, "-m", entry, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-migrate"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     failed = True
@@ -336,8 +367,9 @@ def create_keys(service: Service) -> None:
     import httpx
 
     service.admin_key = json.loads(cli(service.env, "keys", "create", "--scope", "admin", "--name", "bench-admin"))["key"]
-    r = httpx.post(f"{service.base_url}/v1/keys", json={"name": "bench-door", "scope": "door"},
-                   headers={"X-API-Key": service.admin_key}, timeout=30)
+    r = httpx.post(
+        f"{service.base_url}/v1/keys", json={"name": "bench-door", "scope": "door"}, headers={"X-API-Key": service.admin_key}, timeout=30
+    )
     r.raise_for_status()
     service.door_key = r.json()["key"]
 
@@ -345,8 +377,7 @@ def create_keys(service: Service) -> None:
 def enrol(service: Service, name: str, frames: Sequence[bytes]) -> dict[str, Any]:
     import httpx
 
-    r = httpx.post(f"{service.base_url}/v1/persons", headers={"X-API-Key": service.admin_key}, timeout=120,
-                   **multipart(frames, name=name))
+    r = httpx.post(f"{service.base_url}/v1/persons", headers={"X-API-Key": service.admin_key}, timeout=120, **multipart(frames, name=name))
     if r.status_code not in (201, 409):
         raise SystemExit(f"enrolment failed: {r.status_code} {r.text[:500]}")
     return {"status": r.status_code, **r.json()}
@@ -377,16 +408,21 @@ class LoadResult:
     def summary(self) -> dict[str, Any]:
         done = sum(self.statuses.values())
         return {
-            "requests": done, "wall_s": round(self.wall_s, 2),
+            "requests": done,
+            "wall_s": round(self.wall_s, 2),
             "throughput_rps": round(done / self.wall_s, 2) if self.wall_s else 0.0,
             "ok_rps": round(self.statuses.get("200", 0) / self.wall_s, 2) if self.wall_s else 0.0,
-            "latency": latency_summary(self.latencies_s), "statuses": self.statuses, "decisions": self.decisions,
-            "errors": self.errors, "stopped_by": self.stopped_by,
+            "latency": latency_summary(self.latencies_s),
+            "statuses": self.statuses,
+            "decisions": self.decisions,
+            "errors": self.errors,
+            "stopped_by": self.stopped_by,
         }
 
 
-def identify_load(base_url: str, key: str, bursts: Sequence[Sequence[bytes]], requests: int, concurrency: int,
-                  max_seconds: float, door_id: str = "bench") -> LoadResult:
+def identify_load(
+    base_url: str, key: str, bursts: Sequence[Sequence[bytes]], requests: int, concurrency: int, max_seconds: float, door_id: str = "bench"
+) -> LoadResult:
     """``requests`` identify calls spread over ``concurrency`` threads (one keep-alive client
     each), stopping early after ``max_seconds``. Latency is measured per call, client side."""
     import threading
@@ -441,8 +477,9 @@ def identify_load(base_url: str, key: str, bursts: Sequence[Sequence[bytes]], re
     return LoadResult(latencies, statuses, decisions, errors, wall, "time" if timed_out else "count")
 
 
-def identify_bursts(people: dict[str, list[Path]], identity: str, photos: Sequence[Path], frames: int, count: int,
-                    seed: int = 1000) -> list[list[bytes]]:
+def identify_bursts(
+    people: dict[str, list[Path]], identity: str, photos: Sequence[Path], frames: int, count: int, seed: int = 1000
+) -> list[list[bytes]]:
     """``count`` distinct bursts of ``frames`` frames of the enrolled identity (photos it was
     not enrolled with when there are any); built before timing starts."""
     pool = list(photos) or people[identity]
@@ -481,9 +518,14 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     if not seconds:
         return {"n": 0}
     ms = np.asarray(seconds) * 1000
-    return {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "mean_ms": round(float(ms.mean()), 2),
-            "max_ms": round(float(ms.max()), 2)}
+    return {
+        "n": len(ms),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+        "max_ms": round(float(ms.max()), 2),
+    }
 
 
 # -- reporting -------------------------------------------------------------------------------

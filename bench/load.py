@@ -80,8 +80,13 @@ def templates_served(base_url: str) -> int | None:
 def main() -> None:
     args = parse_args()
     people = common.face_photos()
-    results: dict[str, Any] = {"machine": common.machine(), "concurrency": args.concurrency, "frames": args.frames,
-                               "requests_asked": args.requests, "max_seconds": args.max_seconds}
+    results: dict[str, Any] = {
+        "machine": common.machine(),
+        "concurrency": args.concurrency,
+        "frames": args.frames,
+        "requests_asked": args.requests,
+        "max_seconds": args.max_seconds,
+    }
     if args.url:
         identity = next(iter(people))
         bursts = common.identify_bursts(people, identity, people[identity], args.frames, count=8)
@@ -101,8 +106,11 @@ def main() -> None:
                 identity, spare = common.enrol_real_person(service, people)
                 bursts = common.identify_bursts(people, identity, spare, args.frames, count=8)
                 results["target"] = "own server (" + ("postgres" if url.startswith("postgres") else "sqlite") + ")"
-                print(f"server up at {service.base_url} with {args.templates} synthetic templates + 1 enrolled; "
-                      f"{args.requests} requests at concurrency {args.concurrency}", flush=True)
+                print(
+                    f"server up at {service.base_url} with {args.templates} synthetic templates + 1 enrolled; "
+                    f"{args.requests} requests at concurrency {args.concurrency}",
+                    flush=True,
+                )
                 load = run(args, service.base_url, service.door_key, bursts)
                 results["templates"] = templates_served(service.base_url)  # the index, after the run's syncs
                 results["server_memory"] = service.memory()
@@ -114,24 +122,34 @@ def main() -> None:
     rows = [
         ["templates enrolled", results["templates"]],
         ["requests (completed / asked)", f"{summary['requests']} / {args.requests} (stopped by {summary['stopped_by']})"],
-        [f"throughput, concurrency {args.concurrency}, {args.frames} frames", f"{summary['throughput_rps']:.2f} req/s "
-         f"({summary['ok_rps']:.2f} answered 200) over {summary['wall_s']:.1f} s"],
-        ["latency of 200s", f"p50 {lat.get('p50_ms')} ms; p95 {lat.get('p95_ms')} ms; p99 {lat.get('p99_ms')} ms; "
-                            f"max {lat.get('max_ms')} ms"],
+        [
+            f"throughput, concurrency {args.concurrency}, {args.frames} frames",
+            f"{summary['throughput_rps']:.2f} req/s ({summary['ok_rps']:.2f} answered 200) over {summary['wall_s']:.1f} s",
+        ],
+        [
+            "latency of 200s",
+            f"p50 {lat.get('p50_ms')} ms; p95 {lat.get('p95_ms')} ms; p99 {lat.get('p99_ms')} ms; max {lat.get('max_ms')} ms",
+        ],
         ["errors", summary["errors"]],
         ["status codes", summary["statuses"]],
         ["decisions", summary["decisions"]],
     ]
     if "server_memory" in results:
         m = results["server_memory"]
-        rows.append(["server RSS after the run", f"{m['rss_mib']:.0f} MiB (peak {m['peak_rss_mib']:.0f} MiB; "
-                                                f"TensorFlow loaded: {results['tensorflow_loaded']})"])
+        rows.append(
+            [
+                "server RSS after the run",
+                f"{m['rss_mib']:.0f} MiB (peak {m['peak_rss_mib']:.0f} MiB; TensorFlow loaded: {results['tensorflow_loaded']})",
+            ]
+        )
     table = common.markdown_table(["measure", "result"], rows)
     results["table"] = table
     common.write_json(args.out, results)
     print()
-    print(f"facegate load test — {results['target']}, {results['machine']['cpus']} CPUs, "
-          f"load average {results['machine']['loadavg_at_start']} at start")
+    print(
+        f"facegate load test — {results['target']}, {results['machine']['cpus']} CPUs, "
+        f"load average {results['machine']['loadavg_at_start']} at start"
+    )
     print(table)
     print(f"\nresults: {args.out}")
 

@@ -37,9 +37,7 @@ def shared_dir() -> Path:
     return SHARED_DIR
 
 
-def write_crop_cache(
-    directory: Path, identities: list[str], images_per_identity: int = 3, size: int = 64, seed: int = 0
-) -> Path:
+def write_crop_cache(directory: Path, identities: list[str], images_per_identity: int = 3, size: int = 64, seed: int = 0) -> Path:
     """A crop cache in ``training.prepare``'s layout: crops.npy, index.csv, summary.json.
 
     Each identity is a smooth random colour field and its images are noisy, shifted copies
@@ -62,8 +60,13 @@ def write_crop_cache(
         writer.writerow(["row", "path", "identity", "source"])
         writer.writerows(rows)
     summary = {
-        "alignment_version": "synthetic", "crop_size": size, "images": len(rows), "aligned": len(rows), "failed": 0,
-        "identities": len(identities), "failures_by_reason": {},
+        "alignment_version": "synthetic",
+        "crop_size": size,
+        "images": len(rows),
+        "aligned": len(rows),
+        "failed": 0,
+        "identities": len(identities),
+        "failures_by_reason": {},
         "by_source": {"synthetic": {"images": len(rows), "aligned": len(rows), "identities": len(identities)}},
     }
     (directory / "summary.json").write_text(json.dumps(summary))

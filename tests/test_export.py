@@ -32,11 +32,25 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     keras.utils.set_random_seed(0)
     model = build_embedder(input_size=64, alpha=0.35, embedding_size=16, backbone_weights=None, trainable="partial")
     model.save(run / "best.keras")
-    (run / "config.json").write_text(json.dumps({
-        "cache": str(run / "no-cache-here"), "alpha": 0.35, "embedding_size": 16, "trainable": "partial",
-        "trainable_from": "block_13", "trunk_cache": 1, "no_pretrained": True, "epochs": 2, "bs": 3,
-        "train_identities": 7, "train_images": 21, "val_identities": 3, "val_images": 9,
-    }))
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "cache": str(run / "no-cache-here"),
+                "alpha": 0.35,
+                "embedding_size": 16,
+                "trainable": "partial",
+                "trainable_from": "block_13",
+                "trunk_cache": 1,
+                "no_pretrained": True,
+                "epochs": 2,
+                "bs": 3,
+                "train_identities": 7,
+                "train_images": 21,
+                "val_identities": 3,
+                "val_images": 9,
+            }
+        )
+    )
     (run / "history.csv").write_text(
         "epoch,loss,val_loss\n0,0.9,0.8\n1,0.7,0.75\n1,0.7,0.74\n"  # the repeated epoch is a resumed run's
     )

@@ -38,9 +38,28 @@ def split_seed_with_usable_validation() -> int:
 
 def train_args(cache: Path, out: Path, epochs: int, *extra: str) -> list[str]:
     return [
-        "--cache", str(cache), "--out", str(out), "--no-pretrained", "--alpha", "0.35", "--embedding-size", "16",
-        "--bs", "3", "--epochs", str(epochs), "--steps-per-epoch", "2", "--lr", "1e-4", "--val-fraction", str(VAL_FRACTION),
-        "--split-seed", str(split_seed_with_usable_validation()), *extra,
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        "--no-pretrained",
+        "--alpha",
+        "0.35",
+        "--embedding-size",
+        "16",
+        "--bs",
+        "3",
+        "--epochs",
+        str(epochs),
+        "--steps-per-epoch",
+        "2",
+        "--lr",
+        "1e-4",
+        "--val-fraction",
+        str(VAL_FRACTION),
+        "--split-seed",
+        str(split_seed_with_usable_validation()),
+        *extra,
     ]
 
 
@@ -107,10 +126,22 @@ def test_train_full_network_without_trunk_cache(crop_cache: Path, tmp_path: Path
 @pytest.fixture(scope="module")
 def protocol_dir(trained_run: Path, crop_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("eval")
-    evaluate.main([
-        "protocol", "--cache", str(crop_cache), "--model", str(trained_run / "best.keras"),
-        "--identities", str(trained_run / "split.json"), "--n", "1", "2", "--out", str(out),
-    ])
+    evaluate.main(
+        [
+            "protocol",
+            "--cache",
+            str(crop_cache),
+            "--model",
+            str(trained_run / "best.keras"),
+            "--identities",
+            str(trained_run / "split.json"),
+            "--n",
+            "1",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     return out
 
 
@@ -135,15 +166,24 @@ def test_protocol_on_held_out_identities(protocol_dir: Path, trained_run: Path) 
 def test_protocol_refuses_a_cache_without_the_identities(crop_cache: Path, trained_run: Path, tmp_path: Path) -> None:
     other = tmp_path / "ids.txt"
     other.write_text("nobody\n")
-    args = ["protocol", "--cache", str(crop_cache), "--model", str(trained_run / "best.keras"),
-            "--identities", str(other), "--n", "1", "--out", str(tmp_path / "out")]
+    args = [
+        "protocol",
+        "--cache",
+        str(crop_cache),
+        "--model",
+        str(trained_run / "best.keras"),
+        "--identities",
+        str(other),
+        "--n",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     with pytest.raises(ValueError, match="--all-identities"):
         evaluate.main(args)
 
 
-def test_export_then_evaluate_the_tflite(
-    trained_run: Path, protocol_dir: Path, crop_cache: Path, tmp_path: Path
-) -> None:
+def test_export_then_evaluate_the_tflite(trained_run: Path, protocol_dir: Path, crop_cache: Path, tmp_path: Path) -> None:
     final = export.main(["--run", str(trained_run), "--out", str(tmp_path / "store"), "--eval", str(protocol_dir)])
     manifest = json.loads((final / "manifest.json").read_text())
     for name, meta in manifest["files"].items():
@@ -159,10 +199,21 @@ def test_export_then_evaluate_the_tflite(
 
     # The shipped TFLite file gives the Keras model's protocol figures.
     out = tmp_path / "tflite_eval"
-    report = evaluate.main([
-        "protocol", "--cache", str(crop_cache), "--model", str(final / "model.tflite"),
-        "--identities", str(trained_run / "split.json"), "--n", "1", "--out", str(out),
-    ])
+    report = evaluate.main(
+        [
+            "protocol",
+            "--cache",
+            str(crop_cache),
+            "--model",
+            str(final / "model.tflite"),
+            "--identities",
+            str(trained_run / "split.json"),
+            "--n",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     keras_one = json.loads((protocol_dir / "protocol.json").read_text())["caches"][0]["per_n"]["1"]
     tflite_one = report["caches"][0]["per_n"]["1"]
     assert tflite_one["accuracy"] == keras_one["accuracy"]
@@ -194,9 +245,14 @@ def brute_force_protocol(vectors: np.ndarray, owners: np.ndarray) -> dict[str, f
         top5 += any(owners[j] == owners[i] for j in ranked[:5])
         safe += min(dist[i, j] for j in others[i] if owners[j] == owners[i]) <= smallest_negative
     return {
-        "accuracy": accuracy / len(queries), "top5": top5 / len(queries), "safe": safe / len(queries),
-        "queries": len(queries), "pos_avg": float(np.mean(positives)), "neg_min": smallest_negative,
-        "neg_avg": float(np.mean(negatives)), "neg_max": max(negatives),
+        "accuracy": accuracy / len(queries),
+        "top5": top5 / len(queries),
+        "safe": safe / len(queries),
+        "queries": len(queries),
+        "pos_avg": float(np.mean(positives)),
+        "neg_min": smallest_negative,
+        "neg_avg": float(np.mean(negatives)),
+        "neg_max": max(negatives),
     }
 
 
@@ -295,8 +351,13 @@ def test_threshold_at_far_counts_negatives() -> None:
 
 def test_image_resolver_lfw_names_and_merged_roots(tmp_path: Path) -> None:
     lfw, first, second = tmp_path / "lfw", tmp_path / "a", tmp_path / "b"
-    for path in (lfw / "Ann_Lee" / "Ann_Lee_0002.jpg", first / "7" / "000200.jpg", first / "7" / "000100.jpg",
-                 second / "7" / "000050.jpg", first / "7" / "notes.txt"):
+    for path in (
+        lfw / "Ann_Lee" / "Ann_Lee_0002.jpg",
+        first / "7" / "000200.jpg",
+        first / "7" / "000100.jpg",
+        second / "7" / "000050.jpg",
+        first / "7" / "notes.txt",
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
     resolver = evaluate.ImageResolver([lfw, first, second])
@@ -339,8 +400,21 @@ def test_make_pairs_numbering_folds_and_no_repeats(tmp_path: Path) -> None:
     held_out = tmp_path / "split.json"
     held_out.write_text(json.dumps({"val": [str(i) for i in range(12)] + ["not-in-cache"]}))
     out = tmp_path / "pairs" / "pairs.txt"
-    summary = evaluate.main(["make-pairs", "--cache", str(tmp_path / "cache"), "--identities", str(held_out),
-                             "--out", str(out), "--folds", "3", "--per-fold", "4"])
+    summary = evaluate.main(
+        [
+            "make-pairs",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--identities",
+            str(held_out),
+            "--out",
+            str(out),
+            "--folds",
+            "3",
+            "--per-fold",
+            "4",
+        ]
+    )
     assert summary["identity_disjoint"] is True
     assert summary["roots"] == [str(tmp_path / "aligned"), str(tmp_path / "wild")]
     pairs, folds = evaluate.parse_pairs(out)
@@ -364,15 +438,17 @@ def test_make_pairs_reuses_identities_when_folds_cannot_be_disjoint(tmp_path: Pa
     paths = make_tree(tmp_path / "root", {"a": 5, "b": 5, "c": 5})
     write_index(tmp_path / "cache", paths)
     out = tmp_path / "pairs.txt"
-    summary = evaluate.main(["make-pairs", "--cache", str(tmp_path / "cache"), "--all-identities",
-                             "--out", str(out), "--folds", "4", "--per-fold", "5"])
+    summary = evaluate.main(
+        ["make-pairs", "--cache", str(tmp_path / "cache"), "--all-identities", "--out", str(out), "--folds", "4", "--per-fold", "5"]
+    )
     assert summary["identity_disjoint"] is False
     pairs, _ = evaluate.parse_pairs(out)
     keys = [tuple(sorted([(p.name_a, p.index_a), (p.name_b, p.index_b)])) for p in pairs]
     assert len(set(keys)) == len(keys) == 40
     with pytest.raises(ValueError, match="lower --per-fold"):
-        evaluate.main(["make-pairs", "--cache", str(tmp_path / "cache"), "--all-identities",
-                       "--out", str(out), "--folds", "10", "--per-fold", "5"])
+        evaluate.main(
+            ["make-pairs", "--cache", str(tmp_path / "cache"), "--all-identities", "--out", str(out), "--folds", "10", "--per-fold", "5"]
+        )
 
 
 def test_make_pairs_and_pairs_on_real_photos(trained_run: Path, shared_dir: Path, tmp_path: Path) -> None:
@@ -390,10 +466,22 @@ def test_make_pairs_and_pairs_on_real_photos(trained_run: Path, shared_dir: Path
             paths.append(target)
     write_index(tmp_path / "cache", paths)
     pairs_file = tmp_path / "pairs" / "pairs.txt"
-    evaluate.main(["make-pairs", "--cache", str(tmp_path / "cache"), "--all-identities", "--out", str(pairs_file),
-                   "--folds", "2", "--per-fold", "3"])
-    report = evaluate.main(["pairs", "--root", str(roots[0]), "--pairs", str(pairs_file),
-                            "--model", str(trained_run / "best.keras"), "--out", str(tmp_path / "eval")])
+    evaluate.main(
+        ["make-pairs", "--cache", str(tmp_path / "cache"), "--all-identities", "--out", str(pairs_file), "--folds", "2", "--per-fold", "3"]
+    )
+    report = evaluate.main(
+        [
+            "pairs",
+            "--root",
+            str(roots[0]),
+            "--pairs",
+            str(pairs_file),
+            "--model",
+            str(trained_run / "best.keras"),
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
     assert report["pairs"] == 12 and report["folds"] == 2
     assert report["images"] - report["failed_alignments"] >= 6
     assert set(report["tar_at_far"]) == {"0.01", "0.001"}
@@ -409,8 +497,19 @@ def test_make_pairs_and_pairs_on_real_photos(trained_run: Path, shared_dir: Path
     cv2.imwrite(str(lfw / "Noise" / "Noise_0001.jpg"), np.full((120, 120, 3), 128, dtype=np.uint8))  # no face
     lfw_pairs = tmp_path / "lfw_pairs.txt"
     lfw_pairs.write_text("1 1\nAnn 1 2\nBob 1 Noise 1\n")
-    report = evaluate.main(["pairs", "--root", str(lfw), "--pairs", str(lfw_pairs),
-                            "--model", str(trained_run / "best.keras"), "--out", str(tmp_path / "lfw_eval")])
+    report = evaluate.main(
+        [
+            "pairs",
+            "--root",
+            str(lfw),
+            "--pairs",
+            str(lfw_pairs),
+            "--model",
+            str(trained_run / "best.keras"),
+            "--out",
+            str(tmp_path / "lfw_eval"),
+        ]
+    )
     assert report["failed_alignments"] == 1 and report["failed_pairs"] == 1
     assert str(lfw / "Noise" / "Noise_0001.jpg") in report["failures"]
     assert report["distances"][1] == [0, False, 1.0]  # scored as a non-match

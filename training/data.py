@@ -102,8 +102,12 @@ def augmentation(seed: int | None = None) -> A.Compose:
             A.GaussNoise(std_range=(0.012, 0.028), p=0.5),
             A.HueSaturationValue(hue_shift_limit=20, sat_shift_limit=30, val_shift_limit=20, p=0.5),
             A.Affine(
-                translate_percent=(-0.15, 0.15), scale=(0.84, 1.16), rotate=(-15, 15),
-                border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0,
+                translate_percent=(-0.15, 0.15),
+                scale=(0.84, 1.16),
+                rotate=(-15, 15),
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                p=1.0,
             ),
             A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=1.0),
         ],
@@ -121,11 +125,19 @@ class Split:
     val: list[str]
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps({
-            "seed": self.seed, "val_fraction": self.val_fraction,
-            "train_identities": len(self.train), "val_identities": len(self.val),
-            "val": self.val,
-        }, indent=1) + "\n")
+        Path(path).write_text(
+            json.dumps(
+                {
+                    "seed": self.seed,
+                    "val_fraction": self.val_fraction,
+                    "train_identities": len(self.train),
+                    "val_identities": len(self.val),
+                    "val": self.val,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 def split_identities(rows_by_identity: dict[str, list[int]], val_fraction: float, seed: int) -> Split:
@@ -147,7 +159,7 @@ def split_identities(rows_by_identity: dict[str, list[int]], val_fraction: float
     return Split(seed=seed, val_fraction=val_fraction, train=train, val=val)
 
 
-def rows_by_identity(identities: Sequence[str]) -> dict[str, list[int]]:
+def rows_by_identity(identities: Sequence[str] | np.ndarray) -> dict[str, list[int]]:
     grouped: dict[str, list[int]] = defaultdict(list)
     for row, identity in enumerate(identities):
         grouped[str(identity)].append(row)

@@ -124,9 +124,7 @@ def degenerate_count(embeddings: np.ndarray) -> int:
     return int((np.abs(np.linalg.norm(embeddings, axis=1) - 1.0) > 1e-3).sum())
 
 
-def embed_images(
-    embed: Embed, images: np.ndarray, rows: Sequence[int] | np.ndarray | None = None, desc: str = "embedding"
-) -> np.ndarray:
+def embed_images(embed: Embed, images: np.ndarray, rows: Sequence[int] | np.ndarray | None = None, desc: str = "embedding") -> np.ndarray:
     """Embed ``images[rows]`` in batches (memory-mapped caches are read one batch at a time)."""
     from tqdm import tqdm
 
@@ -143,9 +141,7 @@ def embed_images(
 # --------------------------------------------------------------------------- protocol
 
 
-def group_vectors(
-    embeddings: np.ndarray, identities: Sequence[str], n: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def group_vectors(embeddings: np.ndarray, identities: Sequence[str], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Fused vectors of disjoint groups of ``n`` images per identity.
 
     Each identity's images are shuffled (seeded by ``seed``, ``n`` and the identity, so one
@@ -171,13 +167,14 @@ def _stats(values: np.ndarray) -> dict[str, float] | None:
     if values.size == 0:
         return None
     return {
-        "min": float(values.min()), "avg": float(values.mean()), "max": float(values.max()), "count": int(values.size),
+        "min": float(values.min()),
+        "avg": float(values.mean()),
+        "max": float(values.max()),
+        "count": int(values.size),
     }
 
 
-def fused_protocol(
-    vectors: np.ndarray, owners: np.ndarray, rng: np.random.Generator, sample: int = 100_000
-) -> dict[str, Any]:
+def fused_protocol(vectors: np.ndarray, owners: np.ndarray, rng: np.random.Generator, sample: int = 100_000) -> dict[str, Any]:
     """The method's comparison of fused vectors with each other.
 
     Queries are the vectors of identities with at least two vectors; every vector is in the
@@ -190,7 +187,9 @@ def fused_protocol(
     per_identity = np.bincount(owner_index, minlength=len(ids))
     is_query = per_identity[owner_index] >= 2
     result: dict[str, Any] = {
-        "identities": len(ids), "vectors": count, "queries": int(is_query.sum()),
+        "identities": len(ids),
+        "vectors": count,
+        "queries": int(is_query.sum()),
         "distractor_identities": int((per_identity == 1).sum()),
     }
     if not is_query.any():
@@ -231,8 +230,13 @@ def fused_protocol(
         accuracy=float(hits[is_query].mean()),
         top5=float(hits5[is_query].mean()),
         pos=_stats(pos),
-        neg=None if neg_count == 0 else {
-            "min": neg_min, "avg": neg_sum / neg_count, "max": neg_max, "count": neg_count // 2,
+        neg=None
+        if neg_count == 0
+        else {
+            "min": neg_min,
+            "avg": neg_sum / neg_count,
+            "max": neg_max,
+            "count": neg_count // 2,
         },
     )
     # "Safe": the match would survive a threshold set at the smallest negative of the whole set,
@@ -275,10 +279,17 @@ def protocol_table(per_n: dict[int, dict[str, Any]], title: str) -> str:
     row("safe (pos <= smallest neg of the set)", lambda r: _pct(r["safe"]), lambda o: _pct(o["safe"]))
     row("pos min / avg / max", lambda r: _triple(r["pos"]), lambda o: _triple(o["pos"]))
     row("neg min / avg / max", lambda r: _triple(r["neg"]), lambda o: _triple(o["neg"]))
-    counts = [["identities / queries / vectors"] + [
-        v for n in ns for v in (f"{per_n[n]['identities']} / {per_n[n]['queries']} / {per_n[n]['vectors']}",
-                                "523 ids / - / -" if n in ORIGIN_TABLE else "-")
-    ]]
+    counts = [
+        ["identities / queries / vectors"]
+        + [
+            v
+            for n in ns
+            for v in (
+                f"{per_n[n]['identities']} / {per_n[n]['queries']} / {per_n[n]['vectors']}",
+                "523 ids / - / -" if n in ORIGIN_TABLE else "-",
+            )
+        ]
+    ]
     return f"### {title}\n\n" + markdown_table(header, rows + counts)
 
 
@@ -303,9 +314,7 @@ def read_identity_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def select_identities(
-    cache_identities: np.ndarray, wanted: list[str] | None, all_identities: bool, cache: Path
-) -> np.ndarray:
+def select_identities(cache_identities: np.ndarray, wanted: list[str] | None, all_identities: bool, cache: Path) -> np.ndarray:
     """Rows of ``cache`` to evaluate: the held-out identities it holds, or all of it.
 
     ``--identities`` applies to every cache that holds any of them; a cache that holds none
@@ -358,18 +367,20 @@ def run_protocol(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args.model)
     wanted = read_identity_list(args.identities) if args.identities else None
     report: dict[str, Any] = {
-        "model": model.path, "model_sha256": model.sha256, "ns": list(args.n), "seed": args.seed,
+        "model": model.path,
+        "model_sha256": model.sha256,
+        "ns": list(args.n),
+        "seed": args.seed,
         "identities_file": str(args.identities) if args.identities else None,
-        "distance": "sum((a-b)^2)/2 of L2-normalised vectors", "origin": {"name": ORIGIN_NAME, "table": ORIGIN_TABLE},
+        "distance": "sum((a-b)^2)/2 of L2-normalised vectors",
+        "origin": {"name": ORIGIN_NAME, "table": ORIGIN_TABLE},
         "caches": [],
     }
     tables = []
     for cache_dir in args.cache:
         cache = CropCache.load(cache_dir)
         if cache.crops.shape[1] != model.input_size:
-            raise ValueError(
-                f"{cache_dir} holds {cache.crops.shape[1]} px crops but the model takes {model.input_size} px"
-            )
+            raise ValueError(f"{cache_dir} holds {cache.crops.shape[1]} px crops but the model takes {model.input_size} px")
         rows = select_identities(cache.identities, wanted, args.all_identities, cache_dir)
         embeddings = embed_images(model.embed, cache.crops, rows, desc=f"embedding {Path(cache_dir).name}")
         identities = cache.identities[rows]
@@ -387,13 +398,18 @@ def run_protocol(args: argparse.Namespace) -> dict[str, Any]:
         if degenerate:
             tables.append(f"WARNING: {degenerate} of {len(rows)} embeddings are not unit vectors (a dead head?)\n")
         cdf_plot(per_n, title, out / f"protocol_{name}_cdf.png")
-        report["caches"].append({
-            "cache": str(cache_dir), "name": name, "identities": len(np.unique(identities)), "images": len(rows),
-            "degenerate_embeddings": degenerate,
-            "used_whole": wanted is None or not np.isin(cache.identities, np.array(wanted)).any(),
-            "per_n": {str(n): {k: v for k, v in r.items() if not k.startswith("_")} for n, r in per_n.items()},
-            "cdf_plot": f"protocol_{name}_cdf.png",
-        })
+        report["caches"].append(
+            {
+                "cache": str(cache_dir),
+                "name": name,
+                "identities": len(np.unique(identities)),
+                "images": len(rows),
+                "degenerate_embeddings": degenerate,
+                "used_whole": wanted is None or not np.isin(cache.identities, np.array(wanted)).any(),
+                "per_n": {str(n): {k: v for k, v in r.items() if not k.startswith("_")} for n, r in per_n.items()},
+                "cdf_plot": f"protocol_{name}_cdf.png",
+            }
+        )
     legend = f"origin = the method's published figures, {ORIGIN_NAME}; ours = this model on the data above."
     text = "\n".join(tables) + f"\n{legend}\n"
     print(text)
@@ -536,9 +552,7 @@ def k_fold_accuracy(distances: np.ndarray, same: np.ndarray, folds: np.ndarray) 
         train = ~test if (~test).any() else test  # one fold: fit and test on it (said in the report)
         threshold, train_accuracy = best_threshold(distances[train], same[train])
         accuracy = float(((distances[test] <= threshold) == same[test]).mean())
-        per_fold.append(
-            {"fold": int(fold), "threshold": threshold, "train_accuracy": train_accuracy, "accuracy": accuracy}
-        )
+        per_fold.append({"fold": int(fold), "threshold": threshold, "train_accuracy": train_accuracy, "accuracy": accuracy})
     accuracies = np.array([f["accuracy"] for f in per_fold])
     return {"mean_accuracy": float(accuracies.mean()), "std_accuracy": float(accuracies.std()), "folds": per_fold}
 
@@ -562,9 +576,13 @@ def threshold_at_far(distances: np.ndarray, same: np.ndarray, far: float) -> dic
         below = neg[neg < first_out]
         threshold = float((below[-1] + first_out) / 2) if below.size else float(np.nextafter(first_out, -np.inf))
     return {
-        "far_target": far, "threshold": threshold,
-        "far": float((neg <= threshold).mean()), "tar": float((pos <= threshold).mean()),
-        "negatives": int(neg.size), "positives": int(pos.size), "negatives_allowed": int(allowed),
+        "far_target": far,
+        "threshold": threshold,
+        "far": float((neg <= threshold).mean()),
+        "tar": float((pos <= threshold).mean()),
+        "negatives": int(neg.size),
+        "positives": int(pos.size),
+        "negatives_allowed": int(allowed),
     }
 
 
@@ -587,8 +605,12 @@ def roc_plot(distances: np.ndarray, same: np.ndarray, operating: list[dict[str, 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ax.step(np.maximum(far, 0.5 / negatives), tar, where="post", label="ROC")
     for point in operating:
-        ax.plot(max(point["far"], 0.5 / negatives), point["tar"], "o",
-                label=f"FAR<={point['far_target']:g}: TAR {point['tar']:.3f} @ t={point['threshold']:.3f}")
+        ax.plot(
+            max(point["far"], 0.5 / negatives),
+            point["tar"],
+            "o",
+            label=f"FAR<={point['far_target']:g}: TAR {point['tar']:.3f} @ t={point['threshold']:.3f}",
+        )
     ax.set_xscale("log")
     ax.set_xlim(0.5 / negatives, 1)
     ax.set_ylim(0, 1.01)
@@ -660,11 +682,14 @@ def run_pairs(args: argparse.Namespace) -> dict[str, Any]:
     embedded = embed_images(model.embed, np.stack([crops[k] for k in keys])) if keys else np.empty((0, 1))
     degenerate = degenerate_count(embedded)
     vectors = dict(zip(keys, l2_normalise(embedded), strict=True))
-    distances = np.array([
-        float(np.sum((vectors[(p.name_a, p.index_a)] - vectors[(p.name_b, p.index_b)]) ** 2) / 2.0)
-        if (p.name_a, p.index_a) in vectors and (p.name_b, p.index_b) in vectors else FAILED_PAIR_DISTANCE
-        for p in pairs
-    ])
+    distances = np.array(
+        [
+            float(np.sum((vectors[(p.name_a, p.index_a)] - vectors[(p.name_b, p.index_b)]) ** 2) / 2.0)
+            if (p.name_a, p.index_a) in vectors and (p.name_b, p.index_b) in vectors
+            else FAILED_PAIR_DISTANCE
+            for p in pairs
+        ]
+    )
     same = np.array([p.same for p in pairs])
     fold_of = np.array([p.fold for p in pairs])
     accuracy = k_fold_accuracy(distances, same, fold_of)
@@ -673,12 +698,23 @@ def run_pairs(args: argparse.Namespace) -> dict[str, Any]:
     title = f"{args.pairs.name}: {len(pairs)} pairs, model {Path(model.path).name}"
     roc_plot(distances, same, operating, title, out / "pairs_roc.png")
     report = {
-        "model": model.path, "model_sha256": model.sha256, "pairs_file": str(args.pairs),
-        "roots": [str(r) for r in args.root], "alignment_version": ALIGNMENT_VERSION,
-        "folds": folds, "pairs": len(pairs), "matched": int(same.sum()), "mismatched": int((~same).sum()),
-        "images": len(needed), "failed_alignments": len(failures), "failed_pairs": failed_pairs,
-        "failed_pair_distance": FAILED_PAIR_DISTANCE, "failures": failures, "degenerate_embeddings": degenerate,
-        "accuracy": accuracy, "tar_at_far": {str(o["far_target"]): o for o in operating},
+        "model": model.path,
+        "model_sha256": model.sha256,
+        "pairs_file": str(args.pairs),
+        "roots": [str(r) for r in args.root],
+        "alignment_version": ALIGNMENT_VERSION,
+        "folds": folds,
+        "pairs": len(pairs),
+        "matched": int(same.sum()),
+        "mismatched": int((~same).sum()),
+        "images": len(needed),
+        "failed_alignments": len(failures),
+        "failed_pairs": failed_pairs,
+        "failed_pair_distance": FAILED_PAIR_DISTANCE,
+        "failures": failures,
+        "degenerate_embeddings": degenerate,
+        "accuracy": accuracy,
+        "tar_at_far": {str(o["far_target"]): o for o in operating},
         "roc_plot": "pairs_roc.png",
         "distances": [[int(f), bool(s), round(float(d), 6)] for f, s, d in zip(fold_of, same, distances, strict=True)],
     }
@@ -686,16 +722,20 @@ def run_pairs(args: argparse.Namespace) -> dict[str, Any]:
     rows = [
         ["pairs (matched / mismatched)", f"{len(pairs)} ({int(same.sum())} / {int((~same).sum())}) in {folds} folds"],
         ["images / failed alignments", f"{len(needed)} / {len(failures)} ({failed_pairs} pairs scored as non-matches)"],
-        [f"{folds}-fold accuracy (mean ± std)",
-         f"{100 * accuracy['mean_accuracy']:.2f}% ± {100 * accuracy['std_accuracy']:.2f}%"],
+        [f"{folds}-fold accuracy (mean ± std)", f"{100 * accuracy['mean_accuracy']:.2f}% ± {100 * accuracy['std_accuracy']:.2f}%"],
     ]
     if degenerate:
         rows.append(["WARNING", f"{degenerate} embeddings are not unit vectors (a dead head?)"])
     if folds == 1:
         rows.append(["note", "one fold only: the threshold was fitted and tested on the same pairs"])
-    rows += [[f"TAR @ FAR {100 * o['far_target']:g}%", f"{100 * o['tar']:.2f}% at threshold {o['threshold']:.4f} "
-              f"(actual FAR {100 * o['far']:.3f}%, {o['negatives_allowed']} of {o['negatives']} negatives allowed)"]
-             for o in operating]
+    rows += [
+        [
+            f"TAR @ FAR {100 * o['far_target']:g}%",
+            f"{100 * o['tar']:.2f}% at threshold {o['threshold']:.4f} "
+            f"(actual FAR {100 * o['far']:.3f}%, {o['negatives_allowed']} of {o['negatives']} negatives allowed)",
+        ]
+        for o in operating
+    ]
     text = f"### {title}\n\n" + markdown_table(header, rows)
     print(text)
     (out / "pairs.md").write_text(text)
@@ -714,9 +754,7 @@ def _roots_from_paths(paths: Sequence[str]) -> list[Path]:
     return list(seen)
 
 
-def _usable_images(
-    roots: Sequence[Path], identities: Sequence[str], aligned: set[str]
-) -> dict[str, list[tuple[int, Path]]]:
+def _usable_images(roots: Sequence[Path], identities: Sequence[str], aligned: set[str]) -> dict[str, list[tuple[int, Path]]]:
     """Per identity, the (1-based image number, path) of every image the aligner succeeded on."""
     usable = {}
     for name in identities:
@@ -739,21 +777,22 @@ def _assign_folds(capacity: dict[str, int], folds: int, rng: np.random.Generator
 
 
 def _sample_pairs(
-    usable: dict[str, list[tuple[int, Path]]], names: Sequence[str], count: int,
-    used: set[tuple[tuple[str, int], tuple[str, int]]], rng: np.random.Generator,
+    usable: dict[str, list[tuple[int, Path]]],
+    names: Sequence[str],
+    count: int,
+    used: set[tuple[tuple[str, int], tuple[str, int]]],
+    rng: np.random.Generator,
 ) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, str, int]]] | None:
     """``count`` matched and ``count`` mismatched pairs among ``names``, none in ``used``.
 
     Matched pairs go round the identities one pair each, so many people contribute rather
     than the few with many photos. Returns None when the identities cannot supply enough.
     """
+
     def key(a: tuple[str, int], b: tuple[str, int]) -> tuple[tuple[str, int], tuple[str, int]]:
         return (a, b) if a <= b else (b, a)
 
-    options = {
-        n: [p for p in itertools.combinations([k for k, _ in usable[n]], 2) if key((n, p[0]), (n, p[1])) not in used]
-        for n in names
-    }
+    options = {n: [p for p in itertools.combinations([k for k, _ in usable[n]], 2) if key((n, p[0]), (n, p[1])) not in used] for n in names}
     if sum(len(v) for v in options.values()) < count:
         return None
     for n in options:
@@ -842,7 +881,8 @@ def run_make_pairs(args: argparse.Namespace) -> dict[str, Any]:
     if not disjoint:
         print(
             f"warning: {len(names)} identities cannot fill {args.folds} identity-disjoint folds of {args.per_fold} "
-            "matched + mismatched pairs; identities repeat across folds (no pair repeats)", file=sys.stderr,
+            "matched + mismatched pairs; identities repeat across folds (no pair repeats)",
+            file=sys.stderr,
         )
         used.clear()
         fold_pairs = []
@@ -886,8 +926,13 @@ def run_make_pairs(args: argparse.Namespace) -> dict[str, Any]:
         "--model runs/main/best.keras --out <dir>\n"
     )
     summary = {
-        "pairs_file": str(out), "folds": args.folds, "per_fold": args.per_fold, "identities": len(names),
-        "identity_disjoint": disjoint, "roots": [str(r) for r in roots], "images_used": len(used_images),
+        "pairs_file": str(out),
+        "folds": args.folds,
+        "per_fold": args.per_fold,
+        "identities": len(names),
+        "identity_disjoint": disjoint,
+        "roots": [str(r) for r in roots],
+        "images_used": len(used_images),
         "identities_per_fold": [len({n for n, _ in images}) for images in fold_images],
     }
     print(markdown_table(["item", "value"], [[k, str(v)] for k, v in summary.items()]))
@@ -921,8 +966,12 @@ def run_curves(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     history = read_history(args.history)
-    metrics = [("loss", "pair loss"), ("accuracy", "batch accuracy"), ("mean_pos", "mean positive distance"),
-               ("mean_neg", "mean negative distance")]
+    metrics = [
+        ("loss", "pair loss"),
+        ("accuracy", "batch accuracy"),
+        ("mean_pos", "mean positive distance"),
+        ("mean_neg", "mean negative distance"),
+    ]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     for ax, (metric, label) in zip(axes.flat, metrics, strict=True):
         for prefix, style in (("", "-"), ("val_", "--")):
@@ -944,8 +993,11 @@ def run_curves(args: argparse.Namespace) -> dict[str, Any]:
     summary["last"] = last
     order = ("loss", "val_loss", "accuracy", "val_accuracy", "mean_pos", "val_mean_pos", "mean_neg", "val_mean_neg")
     shown = [m for m in order if m in history]
-    rows = [[name, str(row["epoch"]), *(f"{row[m]:.4f}" for m in shown)]
-            for name, row in (("best (val_loss)", summary.get("best")), ("last", last)) if row]
+    rows = [
+        [name, str(row["epoch"]), *(f"{row[m]:.4f}" for m in shown)]
+        for name, row in (("best (val_loss)", summary.get("best")), ("last", last))
+        if row
+    ]
     print(markdown_table(["row", "epoch (1-based)", *shown], rows))
     (out / "curves.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -959,12 +1011,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("protocol", help="the method's fused-vector protocol on held-out identities")
-    p.add_argument("--cache", type=Path, action="append", required=True,
-                   help="crop cache (repeatable; each is reported separately)")
+    p.add_argument("--cache", type=Path, action="append", required=True, help="crop cache (repeatable; each is reported separately)")
     p.add_argument("--model", type=Path, required=True, help=".keras or .tflite embedder")
     p.add_argument("--identities", type=Path, help="a run's split.json (its 'val' list) or one identity per line")
-    p.add_argument("--all-identities", action="store_true",
-                   help="use whole every cache holding none of --identities (or every cache, without --identities)")
+    p.add_argument(
+        "--all-identities",
+        action="store_true",
+        help="use whole every cache holding none of --identities (or every cache, without --identities)",
+    )
     p.add_argument("--n", type=int, nargs="+", default=list(DEFAULT_NS), help="images fused per vector")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
@@ -974,8 +1028,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, required=True, help="crop cache whose index.csv lists the aligned images")
     p.add_argument("--identities", type=Path, help="a run's split.json (its 'val' list) or one identity per line")
     p.add_argument("--all-identities", action="store_true", help="every identity of the cache (a wholly held-out set)")
-    p.add_argument("--root", type=Path, action="append", default=[],
-                   help="raw image roots in order (repeatable); default: the roots of the cache's index paths")
+    p.add_argument(
+        "--root",
+        type=Path,
+        action="append",
+        default=[],
+        help="raw image roots in order (repeatable); default: the roots of the cache's index paths",
+    )
     p.add_argument("--out", type=Path, required=True, help="pairs file to write")
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--per-fold", type=int, default=300)

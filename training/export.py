@@ -69,8 +69,12 @@ def library_versions() -> dict[str, str | None]:
             return None
 
     return {
-        "tensorflow": tf.__version__, "keras": keras.__version__, "mediapipe": installed("mediapipe"),
-        "numpy": np.__version__, "ai-edge-litert": installed("ai-edge-litert"), "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "mediapipe": installed("mediapipe"),
+        "numpy": np.__version__,
+        "ai-edge-litert": installed("ai-edge-litert"),
+        "python": platform.python_version(),
     }
 
 
@@ -90,9 +94,11 @@ def history_summary(path: Path) -> dict[str, Any] | None:
     summary: dict[str, Any] = {"epochs_run": len(rows)}
     if scored:
         best = min(scored, key=lambda e: scored[e])
-        summary.update(best_epoch=best + 1, best_val_loss=scored[best], best_epoch_metrics={
-            k: float(v) for k, v in rows[best].items() if k != "epoch" and v not in (None, "")
-        })
+        summary.update(
+            best_epoch=best + 1,
+            best_val_loss=scored[best],
+            best_epoch_metrics={k: float(v) for k, v in rows[best].items() if k != "epoch" and v not in (None, "")},
+        )
     return summary
 
 
@@ -149,18 +155,23 @@ def recommended_threshold(pairs_results: list[dict[str, Any]]) -> tuple[dict[str
     if not own:
         reason = (
             "no pairs evaluation of this model: run `python -m training.evaluate pairs` and pass its --out as --eval"
-            if not pairs_results else
-            "the pairs evaluations given measured a different model file (sha256 mismatch); re-run them on this model"
+            if not pairs_results
+            else "the pairs evaluations given measured a different model file (sha256 mismatch); re-run them on this model"
         )
         return {"threshold": None, "far": RECOMMENDED_FAR, "source": None, "reason": reason}, {
-            "0.01": None, "0.001": None,
+            "0.01": None,
+            "0.001": None,
         }
     best = max(own, key=lambda r: r["pairs"])
     by_far = {far: point["threshold"] for far, point in best["tar_at_far"].items()}
     point = best["tar_at_far"].get(str(RECOMMENDED_FAR))
     if point is None:
-        return {"threshold": None, "far": RECOMMENDED_FAR, "source": best["source"],
-                "reason": f"{best['source']} has no FAR {RECOMMENDED_FAR} operating point"}, by_far
+        return {
+            "threshold": None,
+            "far": RECOMMENDED_FAR,
+            "source": best["source"],
+            "reason": f"{best['source']} has no FAR {RECOMMENDED_FAR} operating point",
+        }, by_far
     source = (
         f"{best['source']}: TAR {point['tar']:.4f} at FAR {point['far']:.4f} over {best['pairs']} pairs "
         f"({point['negatives']} mismatched) of {best['pairs_file']}"
@@ -237,21 +248,31 @@ def export_run(
             "embedding_size": embedding_size,
             "distance": "sum((a-b)^2)/2 of L2-normalised vectors (0..1)",
             "architecture": {
-                "backbone": "MobileNetV2", "alpha": config.get("alpha"), "input_size": size,
-                "pooling": "max", "head": f"Dense({embedding_size}, relu) + L2 normalisation",
-                "embedding_size": embedding_size, "trainable": config.get("trainable"),
-                "trainable_from": config.get("trainable_from"), "trunk_cache": config.get("trunk_cache"),
+                "backbone": "MobileNetV2",
+                "alpha": config.get("alpha"),
+                "input_size": size,
+                "pooling": "max",
+                "head": f"Dense({embedding_size}, relu) + L2 normalisation",
+                "embedding_size": embedding_size,
+                "trainable": config.get("trainable"),
+                "trainable_from": config.get("trainable_from"),
+                "trunk_cache": config.get("trunk_cache"),
                 "pretrained": None if not config else not config.get("no_pretrained", False),
                 "backbone_weights": Path(str(config["weights"])).name if config.get("weights") else None,
                 "parameters": int(model.count_params()),
             },
             "training": {
-                "run": str(run), "checkpoint": checkpoint, "checkpoint_sha256": file_sha256(model_file),
+                "run": str(run),
+                "checkpoint": checkpoint,
+                "checkpoint_sha256": file_sha256(model_file),
                 "cache": config.get("cache"),
                 **{k: config.get(k) for k in ("train_identities", "train_images", "val_identities", "val_images")},
-                "epochs_requested": config.get("epochs"), "batch_identities": config.get("bs"),
-                "learning_rate": config.get("lr"), "cosine": config.get("cosine"),
-                "split_seed": config.get("split_seed"), "val_fraction": config.get("val_fraction"),
+                "epochs_requested": config.get("epochs"),
+                "batch_identities": config.get("bs"),
+                "learning_rate": config.get("lr"),
+                "cosine": config.get("cosine"),
+                "split_seed": config.get("split_seed"),
+                "val_fraction": config.get("val_fraction"),
                 "sources": cache_summary.get("by_source") if cache_summary else None,
                 "cache_alignment_version": cache_summary.get("alignment_version") if cache_summary else None,
                 "history": history_summary(run / "history.csv"),
@@ -282,8 +303,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="training run directory (runs/main)")
     parser.add_argument("--out", type=Path, default=Path("model_store"), help="model store root")
-    parser.add_argument("--eval", type=Path, nargs="+", action="extend", default=[],
-                        help="evaluation output dirs (protocol.json / pairs.json) to include")
+    parser.add_argument(
+        "--eval", type=Path, nargs="+", action="extend", default=[], help="evaluation output dirs (protocol.json / pairs.json) to include"
+    )
     parser.add_argument("--model-id", help="default: facegate-mnv2-<alpha>-<size>-<emb>-<YYYYMMDD>-<tflite sha256[:8]>")
     parser.add_argument("--checkpoint", default="best.keras", help="file in --run to export")
     parser.add_argument("--force", action="store_true", help="replace an existing model directory of the same id")

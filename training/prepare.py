@@ -139,7 +139,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, action="append", default=[], help="a folder-per-identity root (repeatable)")
     parser.add_argument(
-        "--list", nargs=2, action="append", default=[], metavar=("LIST_FILE", "IMAGES_DIR"),
+        "--list",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("LIST_FILE", "IMAGES_DIR"),
         help="a CelebA-style '<file> <identity>' list and the folder its files are in (repeatable)",
     )
     parser.add_argument("--out", type=Path, required=True, help="cache directory to write")

@@ -51,7 +51,9 @@ def image_batches(crops: np.ndarray, batches: PairBatches, seed: int) -> Iterato
         yield _augment_rows(crops, rows, aug), batches.mask
 
 
-def feature_batches(features: np.ndarray, batches: PairBatches, row_to_slot: np.ndarray, variants: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def feature_batches(
+    features: np.ndarray, batches: PairBatches, row_to_slot: np.ndarray, variants: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Cached trunk features of each pair batch, one random cached variant per image.
 
     ``variants`` limits the choice to the first N cached variants (variant 0 is unaugmented).
@@ -68,7 +70,9 @@ def fixed_validation(rows_by_id: dict[str, list[int]], bs: int, seed: int, passe
     return [next(batches) for _ in range(passes * batches.steps_per_pass)]
 
 
-def compute_trunk_cache(trunk: keras.Model, crops: np.ndarray, rows: np.ndarray, variants: int, path: Path, seed: int, batch: int = 64) -> np.ndarray:
+def compute_trunk_cache(
+    trunk: keras.Model, crops: np.ndarray, rows: np.ndarray, variants: int, path: Path, seed: int, batch: int = 64
+) -> np.ndarray:
     """(variants, len(rows), h, w, c) float16 trunk features; variant 0 unaugmented.
 
     The frozen trunk runs under LiteRT (XNNPACK), ~10x faster than TensorFlow on this CPU.
@@ -140,7 +144,9 @@ class ProgressLog(keras.callbacks.Callback):
         logs = logs or {}
         fields = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, float))
         with self.path.open("a") as handle:
-            handle.write(f"{time.strftime('%H:%M:%S')} epoch {epoch + 1}/{self.epochs} {fields} elapsed={time.time() - self.started:.0f}s\n")
+            handle.write(
+                f"{time.strftime('%H:%M:%S')} epoch {epoch + 1}/{self.epochs} {fields} elapsed={time.time() - self.started:.0f}s\n"
+            )
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -165,9 +171,13 @@ def train(args: argparse.Namespace) -> Path:
     val_bs = min(args.bs, len(val_ids))
 
     embedder = build_embedder(
-        input_size=cache.crops.shape[1], alpha=args.alpha, embedding_size=args.embedding_size,
+        input_size=cache.crops.shape[1],
+        alpha=args.alpha,
+        embedding_size=args.embedding_size,
         backbone_weights=None if args.no_pretrained else args.weights,
-        trainable=args.trainable, trainable_from=args.trainable_from, batchnorm=args.batchnorm,
+        trainable=args.trainable,
+        trainable_from=args.trainable_from,
+        batchnorm=args.batchnorm,
     )
     state = json.loads((out / "state.json").read_text()) if (out / "state.json").exists() else {"epoch": 0, "best_val_loss": math.inf}
     if args.init_from:

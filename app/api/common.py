@@ -47,8 +47,8 @@ def person_public(person: Person, frame_count: int | None) -> PersonPublic:
         has_template=frame_count is not None,
         search_count=person.search_count or 0,
         last_matched_at=crud.as_aware(person.last_matched_at),
-        created_at=crud.as_aware(person.created_at),  # type: ignore[arg-type]
-        updated_at=crud.as_aware(person.updated_at),  # type: ignore[arg-type]
+        created_at=crud.as_aware(person.created_at),
+        updated_at=crud.as_aware(person.updated_at),
     )
 
 
@@ -69,12 +69,23 @@ def audit(session: Session, request: Request, principal: Principal | None, kind:
     )
 
 
-def audit_decision(session: Session, request: Request, principal: Principal, kind: str, decision: Decision, runtime: Runtime,
-                   door_id: str | None, person_id: int | None = None) -> None:
+def audit_decision(
+    session: Session,
+    request: Request,
+    principal: Principal,
+    kind: str,
+    decision: Decision,
+    runtime: Runtime,
+    door_id: str | None,
+    person_id: int | None = None,
+) -> None:
     outcome = "granted" if decision.granted else "denied"
     DECISIONS.labels(kind=kind, decision=outcome, reason=decision.reason).inc()
     audit(
-        session, request, principal, kind,
+        session,
+        request,
+        principal,
+        kind,
         door_id=door_id,
         decision=outcome,
         reason=decision.reason,

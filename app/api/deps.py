@@ -18,9 +18,7 @@ from app.core.errors import ApiError
 from app.recognition import Runtime
 from app.store import crud
 
-api_key_header = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="an API key from `facegate keys create` or POST /v1/keys"
-)
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key from `facegate keys create` or POST /v1/keys")
 _limiter = MovingWindowRateLimiter(MemoryStorage())
 
 
@@ -109,9 +107,7 @@ AdminKey = Annotated[Principal, Depends(admin_key)]
 def require_multipart(request: Request) -> None:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        raise ApiError(
-            415, "expected_multipart", f"send frames as multipart/form-data, not {content_type or 'no content type'}"
-        )
+        raise ApiError(415, "expected_multipart", f"send frames as multipart/form-data, not {content_type or 'no content type'}")
 
 
 Multipart = Depends(require_multipart)

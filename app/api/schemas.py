@@ -23,11 +23,24 @@ class PersonRef(BaseModel):
 
 
 class IdentifyPublic(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "decision": "granted", "reason": "match", "person": {"id": 7, "name": "Ada Lovelace"},
-        "distance": 0.081, "threshold": 0.25, "margin": 0.29, "model_id": "facegate-mnv2-...",
-        "frames_used": 5, "frames": [{"index": 0, "used": True, "reason": None}], "door_id": "front-door",
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "decision": "granted",
+                    "reason": "match",
+                    "person": {"id": 7, "name": "Ada Lovelace"},
+                    "distance": 0.081,
+                    "threshold": 0.25,
+                    "margin": 0.29,
+                    "model_id": "facegate-mnv2-...",
+                    "frames_used": 5,
+                    "frames": [{"index": 0, "used": True, "reason": None}],
+                    "door_id": "front-door",
+                }
+            ]
+        }
+    )
 
     decision: Literal["granted", "denied"]
     reason: str = Field(description="match, no_match (unknown face), no_usable_frames or no_templates")
@@ -114,7 +127,9 @@ class ThresholdUpdate(BaseModel):
 
 
 class CalibrateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"method": "target_far", "target_far": 0.001, "apply": False}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"method": "target_far", "target_far": 0.001, "apply": False}]}
+    )
 
     method: Literal["min_negative", "target_far"] = "target_far"
     target_far: float = Field(default=0.001, gt=0.0, lt=1.0)
@@ -133,7 +148,9 @@ class CalibratePublic(BaseModel):
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "front-door", "scope": "door", "expires_in_days": 365}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "front-door", "scope": "door", "expires_in_days": 365}]}
+    )
 
     name: str = Field(min_length=1, max_length=200)
     scope: Literal["door", "admin"]

@@ -8,7 +8,9 @@ REQUESTS = Counter("facegate_requests_total", "HTTP requests by route and status
 REQUEST_SECONDS = Histogram("facegate_request_seconds", "HTTP request latency by route", ["endpoint"])
 DECISIONS = Counter("facegate_decisions_total", "Identify and verify decisions", ["kind", "decision", "reason"])
 STAGE_SECONDS = Histogram(
-    "facegate_stage_seconds", "Time per data-path stage (decode, align, embed, scan)", ["stage"],
+    "facegate_stage_seconds",
+    "Time per data-path stage (decode, align, embed, scan)",
+    ["stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 TEMPLATES = Gauge("facegate_templates_enrolled", "Templates of the serving model in this replica's index")

@@ -6,10 +6,10 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.store.index import vector_from_bytes, vector_to_bytes
@@ -59,7 +59,9 @@ def create_person(
     for vector in frame_vectors:
         session.add(FrameEmbedding(person_id=person.id, model_id=model_id, vector=vector_to_bytes(vector)))
     session.add(
-        Template(person_id=person.id, model_id=model_id, vector=vector_to_bytes(fuse(frame_vectors)), frame_count=len(frame_vectors), seq=seq)
+        Template(
+            person_id=person.id, model_id=model_id, vector=vector_to_bytes(fuse(frame_vectors)), frame_count=len(frame_vectors), seq=seq
+        )
     )
     session.flush()
     return person
@@ -71,13 +73,13 @@ def add_frames(session: Session, person: Person, model_id: str, frame_vectors: n
     for vector in frame_vectors:
         session.add(FrameEmbedding(person_id=person.id, model_id=model_id, vector=vector_to_bytes(vector)))
     session.flush()
-    blobs = session.execute(
-        select(FrameEmbedding.vector).where(FrameEmbedding.person_id == person.id, FrameEmbedding.model_id == model_id)
-    ).scalars().all()
+    blobs = (
+        session.execute(select(FrameEmbedding.vector).where(FrameEmbedding.person_id == person.id, FrameEmbedding.model_id == model_id))
+        .scalars()
+        .all()
+    )
     fused = fuse(np.stack([vector_from_bytes(b) for b in blobs]))
-    template = session.execute(
-        select(Template).where(Template.person_id == person.id, Template.model_id == model_id)
-    ).scalar_one_or_none()
+    template = session.execute(select(Template).where(Template.person_id == person.id, Template.model_id == model_id)).scalar_one_or_none()
     if template is None:
         template = Template(person_id=person.id, model_id=model_id, vector=vector_to_bytes(fused), frame_count=len(blobs), seq=seq)
         session.add(template)
@@ -122,13 +124,13 @@ def person_template(session: Session, person_id: int, model_id: str) -> np.ndarr
 
 
 def list_persons(session: Session, offset: int, limit: int, name: str | None = None) -> tuple[list[Person], int]:
-    query: Select[tuple[Person]] = select(Person)
+    query = select(Person)
     count_query = select(func.count()).select_from(Person)
     if name:
         query = query.where(Person.name.ilike(f"%{name}%"))
         count_query = count_query.where(Person.name.ilike(f"%{name}%"))
-    persons = session.execute(query.order_by(Person.id).offset(offset).limit(limit)).scalars().all()
-    return list(persons), int(session.execute(count_query).scalar_one())
+    persons = list(session.scalars(query.order_by(Person.id).offset(offset).limit(limit)))
+    return persons, int(session.execute(count_query).scalar_one())
 
 
 def frame_counts(session: Session, person_ids: Sequence[int], model_id: str) -> dict[int, int]:
@@ -157,9 +159,9 @@ def record_match(session: Session, person_id: int) -> bool:
 
 
 def sample_templates(session: Session, model_id: str, limit: int) -> np.ndarray:
-    blobs = session.execute(
-        select(Template.vector).where(Template.model_id == model_id).order_by(func.random()).limit(limit)
-    ).scalars().all()
+    blobs = (
+        session.execute(select(Template.vector).where(Template.model_id == model_id).order_by(func.random()).limit(limit)).scalars().all()
+    )
     return np.stack([vector_from_bytes(b) for b in blobs]) if blobs else np.zeros((0, 0), np.float32)
 
 
@@ -225,6 +227,12 @@ def as_utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+@overload
+def as_aware(moment: datetime) -> datetime: ...
+@overload
+def as_aware(moment: None) -> None: ...
+@overload
+def as_aware(moment: datetime | None) -> datetime | None: ...
 def as_aware(moment: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; everything stored is UTC."""
     if moment is None or moment.tzinfo is not None:

@@ -162,10 +162,7 @@ class TemplateIndex:
             # Largest dot products = smallest distances; argpartition without negating a copy.
             top = np.argpartition(scores, n - k)[n - k :] if k < n else np.arange(n)
             top = top[np.argsort(-scores[top])]
-            return [
-                Candidate(int(self._template_ids[r]), int(self._person_ids[r]), float(1.0 - scores[r] / QUANT_SCALE**2))
-                for r in top
-            ]
+            return [Candidate(int(self._template_ids[r]), int(self._person_ids[r]), float(1.0 - scores[r] / QUANT_SCALE**2)) for r in top]
 
     def all_template_ids(self) -> np.ndarray:
         with self._lock:

@@ -83,13 +83,17 @@ def align_landmarks(image_rgb: np.ndarray, landmarks: np.ndarray, size: int = DE
     """Warp one face to the template given its (468, 2) landmarks in source pixels."""
     matrix, angle, width, eye_distance = _affine_to_crop(landmarks, size)
     crop = cv2.warpAffine(
-        image_rgb, matrix, (size, size), flags=cv2.INTER_AREA if matrix[0, 0] < 1 else cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0),
+        image_rgb,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_AREA if matrix[0, 0] < 1 else cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
     )
     projected = landmarks @ matrix[:, :2].T + matrix[:, 2]
     hull = cv2.convexHull(np.round(projected).astype(np.int32))
     mask = np.zeros((size, size), dtype=np.uint8)
-    cv2.fillConvexPoly(mask, hull, 255)
+    cv2.fillConvexPoly(mask, hull, (255,))
     crop = cv2.bitwise_and(crop, crop, mask=mask)
     return AlignedFace(crop=crop, mask=mask, face_width_px=width, eye_distance_px=eye_distance, roll_degrees=angle)
 

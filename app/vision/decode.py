@@ -33,12 +33,13 @@ def decode_frame(data: bytes, index: int, max_bytes: int, max_pixels: int) -> np
             width, height = image.size
             if width * height > max_pixels:
                 raise ApiError(
-                    413, "image_too_large",
-                    f"frame {index} is {width}x{height} ({width * height} pixels); the limit is {max_pixels}", where,
+                    413,
+                    "image_too_large",
+                    f"frame {index} is {width}x{height} ({width * height} pixels); the limit is {max_pixels}",
+                    where,
                 )
             image.load()
-            image = ImageOps.exif_transpose(image)
-            rgb = image.convert("RGB")
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -46,5 +47,7 @@ def decode_frame(data: bytes, index: int, max_bytes: int, max_pixels: int) -> np
     except UnidentifiedImageError as exc:
         raise ApiError(415, "not_an_image", f"frame {index} is not a JPEG or PNG image", where) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ApiError(422, "corrupt_image", f"frame {index} could not be decoded ({exc.__class__.__name__}): truncated or damaged", where) from exc
+        raise ApiError(
+            422, "corrupt_image", f"frame {index} could not be decoded ({exc.__class__.__name__}): truncated or damaged", where
+        ) from exc
     return np.asarray(rgb, dtype=np.uint8)

@@ -36,9 +36,7 @@ def find_package(store: Path, model_id: str | None = None) -> Path:
         return path
     packages = list_packages(store)
     if not packages:
-        raise ModelPackageError(
-            f"no model package in {store}: train and export one (python -m training.export) or set MODEL_STORE"
-        )
+        raise ModelPackageError(f"no model package in {store}: train and export one (python -m training.export) or set MODEL_STORE")
     newest = max(packages, key=lambda p: json.loads((store / p / "manifest.json").read_text()).get("created", ""))
     return store / newest
 

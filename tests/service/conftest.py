@@ -48,7 +48,7 @@ def postgres_reachable() -> str | None:
             conn.execute(text("SELECT 1"))
         engine.dispose()
         return None
-    except Exception as exc:  # noqa: BLE001 - any failure is a reason to skip
+    except Exception as exc:
         return f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
 
 
@@ -62,8 +62,12 @@ def reset_postgres() -> None:
 
 def test_settings(url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
-        "DATABASE_URL": url, "MODEL_STORE": model_store(), "AUTH_ENABLED": True,
-        "RATE_LIMIT_DOOR": "10000/second", "RATE_LIMIT_ADMIN": "10000/second", "MIN_ENROL_FRAMES": 3,
+        "DATABASE_URL": url,
+        "MODEL_STORE": model_store(),
+        "AUTH_ENABLED": True,
+        "RATE_LIMIT_DOOR": "10000/second",
+        "RATE_LIMIT_ADMIN": "10000/second",
+        "MIN_ENROL_FRAMES": 3,
         "LOG_FORMAT": "text",
     }
     values.update(overrides)
@@ -94,7 +98,7 @@ def runtime(database_url: str) -> Iterator[Runtime]:
 def wipe(rt: Runtime) -> None:
     with rt.engine.begin() as conn:
         for table in TABLES:
-            conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed table names
+            conn.execute(text(f"DELETE FROM {table}"))
         conn.execute(text("UPDATE store_state SET generation = 0, threshold = NULL WHERE id = 1"))
     rt.index = TemplateIndex(rt.model_id, rt.package.embedding_size)
 
@@ -146,8 +150,11 @@ def live_server(clean_runtime: Runtime) -> Iterator[str]:
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(clean_runtime.settings, runtime=clean_runtime), host="127.0.0.1",
-                                           port=port, log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(clean_runtime.settings, runtime=clean_runtime), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

@@ -143,19 +143,25 @@ class StoreCounts:
 def store_counts(rt: Runtime) -> StoreCounts:
     """What a refused request must leave untouched (audit events are expected to grow)."""
     with rt.sessions() as session:
+
         def count(model: type) -> int:
             return int(session.execute(select(func.count()).select_from(model)).scalar_one())
 
         state = session.execute(select(StoreState.generation, StoreState.threshold).where(StoreState.id == 1)).one()
         return StoreCounts(
-            persons=count(Person), templates=count(Template), frame_embeddings=count(FrameEmbedding),
-            deletion_requests=count(DeletionRequest), api_keys=count(ApiKey),
-            generation=int(state.generation), threshold=state.threshold,
+            persons=count(Person),
+            templates=count(Template),
+            frame_embeddings=count(FrameEmbedding),
+            deletion_requests=count(DeletionRequest),
+            api_keys=count(ApiKey),
+            generation=int(state.generation),
+            threshold=state.threshold,
         )
 
 
-def seed_person(rt: Runtime, name: str = "Seeded", frames: int = 3, seed: int = 0,
-                vectors: np.ndarray | None = None, sample_jpeg: bytes | None = None) -> int:
+def seed_person(
+    rt: Runtime, name: str = "Seeded", frames: int = 3, seed: int = 0, vectors: np.ndarray | None = None, sample_jpeg: bytes | None = None
+) -> int:
     """A person written straight to the store (no faces needed): random unit-vector frames,
     or the given ``vectors`` (one vector alone becomes exactly the template)."""
     if vectors is None:

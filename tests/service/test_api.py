@@ -38,7 +38,10 @@ from tests.service.inputs import grey_jpeg, random_bytes, seed_person, store_cou
 def test_threshold_get_and_put(admin: TestClient, clean_runtime: Runtime) -> None:
     default = clean_runtime.default_threshold()
     assert admin.get("/v1/threshold").json() == {
-        "threshold": default, "source": "default", "default": default, "model_id": clean_runtime.model_id,
+        "threshold": default,
+        "source": "default",
+        "default": default,
+        "model_id": clean_runtime.model_id,
     }
     put = admin.put("/v1/threshold", json={"threshold": 0.25})
     assert put.status_code == 200, put.text
@@ -71,7 +74,10 @@ def test_calibrate(admin: TestClient, clean_runtime: Runtime) -> None:
     applied = admin.post("/v1/threshold/calibrate", json={"method": "min_negative", "apply": True}).json()
     assert applied["applied"] is True and applied["threshold"] == pytest.approx(0.5, abs=1e-5)
     assert admin.get("/v1/threshold").json() | {"threshold": 0.5} == {
-        "threshold": 0.5, "source": "stored", "default": default, "model_id": rt.model_id,
+        "threshold": 0.5,
+        "source": "stored",
+        "default": default,
+        "model_id": rt.model_id,
     }
 
     far = admin.post("/v1/threshold/calibrate", json={"method": "target_far", "target_far": 0.001}).json()
@@ -223,8 +229,12 @@ def test_keys_create_list_revoke(admin: TestClient, clean_runtime: Runtime) -> N
 
     kinds = [e["kind"] for e in admin.get("/v1/events").json()["data"]]
     assert kinds.count("key_created") == 1 and kinds.count("key_revoked") == 1
-    for bad in ({"name": "x", "scope": "root"}, {"name": "", "scope": "door"}, {"name": "x", "scope": "door", "expires_in_days": 0},
-                {"scope": "door"}):
+    for bad in (
+        {"name": "x", "scope": "root"},
+        {"name": "", "scope": "door"},
+        {"name": "x", "scope": "door", "expires_in_days": 0},
+        {"scope": "door"},
+    ):
         refused = admin.post("/v1/keys", json=bad)
         assert refused.status_code == 422 and refused.json()["code"] == "invalid_request", bad
 
@@ -282,9 +292,15 @@ def test_healthz_and_readyz(client: TestClient, clean_runtime: Runtime) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ok", "checks": {
-        "model": clean_runtime.model_id, "model_verified": True, "templates": len(clean_runtime.index), "database": "ok",
-    }}
+    assert ready.json() == {
+        "status": "ok",
+        "checks": {
+            "model": clean_runtime.model_id,
+            "model_verified": True,
+            "templates": len(clean_runtime.index),
+            "database": "ok",
+        },
+    }
 
 
 def test_request_id(admin: TestClient) -> None:
@@ -500,8 +516,9 @@ def _enrol(http: TestClient, name: str, photos: list[bytes]) -> dict[str, Any]:
     return response.json()
 
 
-def test_confirm_by_face_deletion_with_real_faces(tight: TestClient, clean_runtime: Runtime, door_key: str,
-                                                  faces: dict[str, list[bytes]]) -> None:
+def test_confirm_by_face_deletion_with_real_faces(
+    tight: TestClient, clean_runtime: Runtime, door_key: str, faces: dict[str, list[bytes]]
+) -> None:
     alice_photos, bob_photos = (faces[name][:3] for name in list(faces)[:2])
     alice, bob = _enrol(tight, "Alice", alice_photos), _enrol(tight, "Bob", bob_photos)
     assert alice["frame_count"] == 3 and alice["frames"] == [{"index": i, "used": True, "reason": None} for i in range(3)]
@@ -535,8 +552,9 @@ def test_confirm_by_face_deletion_with_real_faces(tight: TestClient, clean_runti
     assert still["decision"] == "granted" and still["person"]["id"] == bob["id"]
 
 
-def test_add_frames_and_verify_with_real_faces(tight: TestClient, clean_runtime: Runtime, door_key: str,
-                                               faces: dict[str, list[bytes]]) -> None:
+def test_add_frames_and_verify_with_real_faces(
+    tight: TestClient, clean_runtime: Runtime, door_key: str, faces: dict[str, list[bytes]]
+) -> None:
     alice_photos, bob_photos = (faces[name][:3] for name in list(faces)[:2])
     alice = _enrol(tight, "Alice", alice_photos)
     before = store_counts(clean_runtime)
@@ -574,8 +592,9 @@ class SlowCommitSession(Session):
         super().commit()
 
 
-def test_writes_are_committed_before_the_response(live_server: str, clean_runtime: Runtime, admin_key: str,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writes_are_committed_before_the_response(
+    live_server: str, clean_runtime: Runtime, admin_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A client that got its 200 must find the change in the database at once: a door asking
     right after a delete returned must never be let in by the deleted person."""
     rt = clean_runtime
@@ -595,8 +614,9 @@ def test_writes_are_committed_before_the_response(live_server: str, clean_runtim
             assert conn.execute(select(ApiKey.id).where(ApiKey.id == created.json()["id"])).scalar_one_or_none() is not None
 
 
-def test_person_deleted_during_identify_is_not_granted(tight: TestClient, clean_runtime: Runtime, faces: dict[str, list[bytes]],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_person_deleted_during_identify_is_not_granted(
+    tight: TestClient, clean_runtime: Runtime, faces: dict[str, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The delete commits after the scan found the person's template but before the answer."""
     photo = faces[next(iter(faces))][0]
     pid = _enrol(tight, "Racer", [photo] * 3)["id"]

@@ -83,8 +83,9 @@ def test_the_matrix_knows_every_operation() -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), SECURED, ids=[f"{m} {p}" for m, p in SECURED])
-def test_every_credential_on_every_endpoint(client: TestClient, clean_runtime: Runtime, credentials: dict[str, str],
-                                            method: str, path: str) -> None:
+def test_every_credential_on_every_endpoint(
+    client: TestClient, clean_runtime: Runtime, credentials: dict[str, str], method: str, path: str
+) -> None:
     person_id = seed_person(clean_runtime)
     with clean_runtime.sessions() as session:
         _, spare = crud.create_api_key(session, "spare", "door")
@@ -96,9 +97,14 @@ def test_every_credential_on_every_endpoint(client: TestClient, clean_runtime: R
         headers = {"X-API-Key": key} if key is not None else {}
         return client.request(**request, headers=headers)
 
-    expected_401 = {None: "missing_api_key", "": "missing_api_key", credentials["invalid"]: "invalid_api_key",
-                    credentials["malformed"]: "invalid_api_key", credentials["revoked"]: "revoked_api_key",
-                    credentials["expired"]: "expired_api_key"}
+    expected_401 = {
+        None: "missing_api_key",
+        "": "missing_api_key",
+        credentials["invalid"]: "invalid_api_key",
+        credentials["malformed"]: "invalid_api_key",
+        credentials["revoked"]: "revoked_api_key",
+        credentials["expired"]: "expired_api_key",
+    }
     for key, code in expected_401.items():
         response = call(key)
         assert response.status_code == 401, (key, response.text)
@@ -121,7 +127,7 @@ def test_openapi_declares_the_api_key_scheme(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     schemes = spec["components"]["securitySchemes"]
     assert len(schemes) == 1
-    (name, scheme), = schemes.items()
+    ((name, scheme),) = schemes.items()
     assert scheme == {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": scheme["description"]}
     for path, ops in spec["paths"].items():
         for method, op in ops.items():

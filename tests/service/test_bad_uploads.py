@@ -95,8 +95,9 @@ UPLOADS = {
 
 @pytest.mark.parametrize("endpoint", list(UPLOADS))
 @pytest.mark.parametrize("case", list(BAD_FRAMES))
-def test_bad_frame_is_refused_with_its_code(seeded: tuple[TestClient, int, StoreCounts], clean_runtime: Runtime,
-                                            case: str, endpoint: str) -> None:
+def test_bad_frame_is_refused_with_its_code(
+    seeded: tuple[TestClient, int, StoreCounts], clean_runtime: Runtime, case: str, endpoint: str
+) -> None:
     http, pid, before = seeded
     path, fields = UPLOADS[endpoint]
     # A good frame first: one undecodable frame refuses the whole burst and names its index.
@@ -130,8 +131,7 @@ def test_huge_images_are_refused_before_decoding(case: str, monkeypatch: pytest.
 
 def test_refused_identify_is_audited_as_error(seeded: tuple[TestClient, int, StoreCounts]) -> None:
     http, _, _ = seeded
-    _assert_error(http.post("/v1/identify", **multipart([bad_frame("png_decompression_bomb")], door_id="d1")),
-                  413, "decompression_bomb")
+    _assert_error(http.post("/v1/identify", **multipart([bad_frame("png_decompression_bomb")], door_id="d1")), 413, "decompression_bomb")
     events = http.get("/v1/events", params={"kind": "identify"}).json()
     assert events["count"] == 1
     event = events["data"][0]
@@ -185,15 +185,19 @@ def test_bad_metadata(seeded: tuple[TestClient, int, StoreCounts], clean_runtime
     assert store_counts(clean_runtime) == before
 
 
-@pytest.mark.parametrize(("content_type", "content"), [
-    ("application/json", json.dumps({"frames": ["aGVsbG8="]}).encode()),
-    ("text/plain", b"frames=hello"),
-    ("application/x-www-form-urlencoded", b"frames=hello&door_id=x"),
-    ("image/jpeg", b"\xff\xd8\xff\xe0"),
-    (None, b""),
-])
-def test_wrong_content_type(seeded: tuple[TestClient, int, StoreCounts], clean_runtime: Runtime,
-                            content_type: str | None, content: bytes) -> None:
+@pytest.mark.parametrize(
+    ("content_type", "content"),
+    [
+        ("application/json", json.dumps({"frames": ["aGVsbG8="]}).encode()),
+        ("text/plain", b"frames=hello"),
+        ("application/x-www-form-urlencoded", b"frames=hello&door_id=x"),
+        ("image/jpeg", b"\xff\xd8\xff\xe0"),
+        (None, b""),
+    ],
+)
+def test_wrong_content_type(
+    seeded: tuple[TestClient, int, StoreCounts], clean_runtime: Runtime, content_type: str | None, content: bytes
+) -> None:
     http, pid, before = seeded
     headers = {"Content-Type": content_type} if content_type else {}
     for path, _ in UPLOADS.values():
@@ -228,8 +232,14 @@ def test_oversized_streamed_body_without_length(small_body_client: TestClient, c
 
     def body() -> Iterator[bytes]:
         for i in range(6):
-            yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"frames\"; filename=\"f{i}.jpg\"\r\n"
-                   "Content-Type: image/jpeg\r\n\r\n").encode() + frame + b"\r\n"
+            yield (
+                (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="frames"; filename="f{i}.jpg"\r\n'
+                    "Content-Type: image/jpeg\r\n\r\n"
+                ).encode()
+                + frame
+                + b"\r\n"
+            )
         yield f"--{boundary}--\r\n".encode()
 
     response = small_body_client.post("/v1/identify", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
@@ -256,15 +266,20 @@ def test_oversized_bodies_over_real_http(small_body_server: str, clean_runtime: 
     def chunks() -> Iterator[bytes]:
         boundary = "facegate-boundary"
         for i in range(6):
-            yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"frames\"; filename=\"f{i}.jpg\"\r\n"
-                   "Content-Type: image/jpeg\r\n\r\n").encode() + frame + b"\r\n"
+            yield (
+                (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="frames"; filename="f{i}.jpg"\r\n'
+                    "Content-Type: image/jpeg\r\n\r\n"
+                ).encode()
+                + frame
+                + b"\r\n"
+            )
         yield f"--{boundary}--\r\n".encode()
 
     with httpx.Client(base_url=small_body_server, headers={"X-API-Key": admin_key}, timeout=30) as http:
         declared = http.post("/v1/identify", **multipart([frame] * 6))  # type: ignore[arg-type]
         _assert_error(declared, 413, "request_too_large")
-        streamed = http.post("/v1/persons", content=chunks(),
-                             headers={"Content-Type": "multipart/form-data; boundary=facegate-boundary"})
+        streamed = http.post("/v1/persons", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=facegate-boundary"})
         assert streamed.request.headers.get("transfer-encoding") == "chunked"
         _assert_error(streamed, 413, "request_too_large")
         # The server is still serving.
@@ -321,8 +336,13 @@ def test_unparseable_bodies_are_400(seeded: tuple[TestClient, int, StoreCounts],
     """Bodies that cannot even be parsed: 400 bad_request, as the OpenAPI document declares."""
     http, pid, before = seeded
     not_utf8 = b"\xbfF"
-    for method, path in (("PUT", "/v1/threshold"), ("PATCH", f"/v1/persons/{pid}"), ("POST", "/v1/keys"),
-                         ("POST", "/v1/deletion-requests/confirm"), ("POST", "/v1/threshold/calibrate")):
+    for method, path in (
+        ("PUT", "/v1/threshold"),
+        ("PATCH", f"/v1/persons/{pid}"),
+        ("POST", "/v1/keys"),
+        ("POST", "/v1/deletion-requests/confirm"),
+        ("POST", "/v1/threshold/calibrate"),
+    ):
         response = http.request(method, path, content=not_utf8, headers={"Content-Type": "application/json"})
         _assert_error(response, 400, "bad_request")
     for path, _ in UPLOADS.values():
@@ -367,8 +387,9 @@ def unusable_scenes(faces: dict[str, list[bytes]]) -> dict[str, bytes]:
     }
 
 
-def test_quality_reasons_per_frame(seeded: tuple[TestClient, int, StoreCounts], clean_runtime: Runtime,
-                                   unusable_scenes: dict[str, bytes]) -> None:
+def test_quality_reasons_per_frame(
+    seeded: tuple[TestClient, int, StoreCounts], clean_runtime: Runtime, unusable_scenes: dict[str, bytes]
+) -> None:
     http, pid, before = seeded
     expected = list(unusable_scenes)
     frames = list(unusable_scenes.values())

@@ -83,8 +83,7 @@ def _index_templates(rt: Runtime) -> dict[int, int]:
     return {tid: int(rt.index._person_ids[row]) for tid, row in rows.items()}
 
 
-def test_parallel_enrol_delete_identify(pg_runtime: Runtime, live_server: str, admin_key: str, door_key: str,
-                                        photos: list[bytes]) -> None:
+def test_parallel_enrol_delete_identify(pg_runtime: Runtime, live_server: str, admin_key: str, door_key: str, photos: list[bytes]) -> None:
     rt = pg_runtime
     doomed, kept, newcomers = [0, 1, 2], [3], [4, 5, 6, 7]
     admin = httpx.Client(base_url=live_server, headers={"X-API-Key": admin_key}, timeout=60)
@@ -104,6 +103,7 @@ def test_parallel_enrol_delete_identify(pg_runtime: Runtime, live_server: str, a
                 work(*args)
             except BaseException as exc:  # surfaced in the main thread
                 errors.append(exc)
+
         return run
 
     @guarded
@@ -140,8 +140,11 @@ def test_parallel_enrol_delete_identify(pg_runtime: Runtime, live_server: str, a
                 if writers_done.is_set():
                     rounds_after += 1
 
-    writers = [threading.Thread(target=enroller, args=(newcomers[:2],)), threading.Thread(target=enroller, args=(newcomers[2:],)),
-               threading.Thread(target=deleter)]
+    writers = [
+        threading.Thread(target=enroller, args=(newcomers[:2],)),
+        threading.Thread(target=enroller, args=(newcomers[2:],)),
+        threading.Thread(target=deleter),
+    ]
     readers = [threading.Thread(target=identifier, args=(k * 3,)) for k in range(3)]
     deadline = time.monotonic() + 90
     for t in writers + readers:
@@ -161,8 +164,11 @@ def test_parallel_enrol_delete_identify(pg_runtime: Runtime, live_server: str, a
     survivors = {person_of[who] for who in kept} | {pid for pid, _ in enrolled.values()}
     with rt.sessions() as session:
         persons = set(session.execute(select(Person.id)).scalars())
-        per_person = dict(session.execute(
-            select(Template.person_id, func.count()).where(Template.model_id == rt.model_id).group_by(Template.person_id)).all())
+        per_person = dict(
+            session.execute(
+                select(Template.person_id, func.count()).where(Template.model_id == rt.model_id).group_by(Template.person_id)
+            ).all()
+        )
         frames = dict(session.execute(select(FrameEmbedding.person_id, func.count()).group_by(FrameEmbedding.person_id)).all())
     assert persons == survivors
     assert per_person == dict.fromkeys(survivors, 1)
@@ -196,8 +202,9 @@ def replica(pg_runtime: Runtime) -> Iterator[tuple[TestClient, Runtime]]:
         rt.close()
 
 
-def test_two_replicas_share_one_store(pg_runtime: Runtime, admin: TestClient, door_key: str,
-                                      replica: tuple[TestClient, Runtime], photos: list[bytes]) -> None:
+def test_two_replicas_share_one_store(
+    pg_runtime: Runtime, admin: TestClient, door_key: str, replica: tuple[TestClient, Runtime], photos: list[bytes]
+) -> None:
     a, (b, rt_b) = admin, replica
     door = {"X-API-Key": door_key}
     assert a.put("/v1/threshold", json={"threshold": THRESHOLD}).status_code == 200

@@ -22,8 +22,10 @@ def _identify(http: httpx.Client, photos: list[bytes]) -> dict:
 def test_enrol_identify_deny_delete(live_server: str, admin_key: str, door_key: str, faces: dict[str, list[bytes]]) -> None:
     names = list(faces)
     alice, bob, stranger = names[0], names[1], names[2]
-    with httpx.Client(base_url=live_server, headers={"X-API-Key": admin_key}, timeout=60) as admin, \
-         httpx.Client(base_url=live_server, headers={"X-API-Key": door_key}, timeout=60) as door:
+    with (
+        httpx.Client(base_url=live_server, headers={"X-API-Key": admin_key}, timeout=60) as admin,
+        httpx.Client(base_url=live_server, headers={"X-API-Key": door_key}, timeout=60) as door,
+    ):
         a = _enrol(admin, "Alice", faces[alice][:5])
         b = _enrol(admin, "Bob", faces[bob][:5])
         assert a["frame_count"] >= 3 and b["frame_count"] >= 3

@@ -42,10 +42,10 @@ def _cases() -> list[tuple[str, str, GenerationMode]]:
 CASES = _cases()
 
 
-@pytest.mark.parametrize(("method", "path", "mode"), CASES,
-                         ids=[f"{m} {p} {'valid' if g is GenerationMode.POSITIVE else 'invalid'}" for m, p, g in CASES])
-def test_operation_conforms_to_its_schema(clean_runtime: Runtime, admin_key: str, method: str, path: str,
-                                          mode: GenerationMode) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "mode"), CASES, ids=[f"{m} {p} {'valid' if g is GenerationMode.POSITIVE else 'invalid'}" for m, p, g in CASES]
+)
+def test_operation_conforms_to_its_schema(clean_runtime: Runtime, admin_key: str, method: str, path: str, mode: GenerationMode) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(clean_runtime.settings, runtime=clean_runtime))
     operation = schema[path][method]
     with clean_runtime.sessions() as session:
@@ -54,8 +54,14 @@ def test_operation_conforms_to_its_schema(clean_runtime: Runtime, admin_key: str
         own_key_id = own_key.id
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     def check(case: schemathesis.Case) -> None:
         # Revoking the very key the run uses would turn every later call into a 401.
         if case.path_parameters and case.path_parameters.get("key_id") == own_key_id:

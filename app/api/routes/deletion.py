@@ -18,12 +18,16 @@ router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion"])
 
 
 @router.post(
-    "", response_model=DeletionRequestPublic, status_code=201, dependencies=[Multipart],
+    "",
+    response_model=DeletionRequestPublic,
+    status_code=201,
+    dependencies=[Multipart],
     responses=error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
     summary="Find who a burst is, and get a one-time token to delete them",
 )
-def request_deletion(request: Request, runtime: RuntimeDep, session: SessionDep, principal: AdminKey,
-                     frames: Annotated[list[UploadFile], File()]) -> DeletionRequestPublic:
+def request_deletion(
+    request: Request, runtime: RuntimeDep, session: SessionDep, principal: AdminKey, frames: Annotated[list[UploadFile], File()]
+) -> DeletionRequestPublic:
     audit_context(request, "deletion_request")
     decision = recognition.identify(runtime, session, read_frames(frames, runtime))
     if not decision.granted or decision.best is None:
@@ -31,14 +35,31 @@ def request_deletion(request: Request, runtime: RuntimeDep, session: SessionDep,
     person = session.get(Person, decision.best.person_id)
     assert person is not None
     token, row = crud.create_deletion_request(session, person.id, decision.best.distance, runtime.settings.DELETION_TOKEN_TTL_S)
-    audit(session, request, principal, "deletion_request", person_id=person.id, distance=decision.best.distance,
-          threshold=decision.threshold, model_id=runtime.model_id, frames_used=decision.burst.used)
-    return DeletionRequestPublic(person=PersonRef(id=person.id, name=person.name), distance=round(decision.best.distance, 6),
-                                 token=token, expires_at=crud.as_aware(row.expires_at))  # type: ignore[arg-type]
+    audit(
+        session,
+        request,
+        principal,
+        "deletion_request",
+        person_id=person.id,
+        distance=decision.best.distance,
+        threshold=decision.threshold,
+        model_id=runtime.model_id,
+        frames_used=decision.burst.used,
+    )
+    return DeletionRequestPublic(
+        person=PersonRef(id=person.id, name=person.name),
+        distance=round(decision.best.distance, 6),
+        token=token,
+        expires_at=crud.as_aware(row.expires_at),
+    )
 
 
-@router.post("/confirm", response_model=DeletionDone, responses=error_responses(400, 401, 403, 404, 422, 429, 503),
-             summary="Confirm a deletion with its token: deletes that person and nobody else")
+@router.post(
+    "/confirm",
+    response_model=DeletionDone,
+    responses=error_responses(400, 401, 403, 404, 422, 429, 503),
+    summary="Confirm a deletion with its token: deletes that person and nobody else",
+)
 def confirm_deletion(request: Request, body: DeletionConfirm, session: SessionDep, principal: AdminKey) -> DeletionDone:
     claimed = crud.claim_deletion_request(session, body.token)
     if claimed is None:

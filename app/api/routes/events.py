@@ -19,7 +19,8 @@ router = APIRouter(prefix="/v1/events", tags=["audit"])
 
 @router.get("", response_model=EventsPublic, responses=error_responses(401, 403, 422, 429, 503), summary="Audit events, newest first")
 def list_events(
-    session: SessionDep, _: AdminKey,
+    session: SessionDep,
+    _: AdminKey,
     since: Annotated[datetime | None, Query(description="inclusive, ISO 8601")] = None,
     until: Annotated[datetime | None, Query(description="exclusive, ISO 8601")] = None,
     door_id: Annotated[str | None, Query(max_length=200)] = None,
@@ -48,6 +49,6 @@ def list_events(
     data = []
     for r in rows:
         item = EventPublic.model_validate(r, from_attributes=True)
-        item.created_at = crud.as_aware(r.created_at)  # type: ignore[assignment]
+        item.created_at = crud.as_aware(r.created_at)
         data.append(item)
     return EventsPublic(data=data, count=int(count))

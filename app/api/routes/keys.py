@@ -19,15 +19,20 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 def key_public(row: ApiKey) -> KeyPublic:
     return KeyPublic(
-        id=row.id, name=row.name, scope=row.scope, prefix=row.prefix,
-        created_at=crud.as_aware(row.created_at),  # type: ignore[arg-type]
-        expires_at=crud.as_aware(row.expires_at), revoked_at=crud.as_aware(row.revoked_at),
+        id=row.id,
+        name=row.name,
+        scope=row.scope,
+        prefix=row.prefix,
+        created_at=crud.as_aware(row.created_at),
+        expires_at=crud.as_aware(row.expires_at),
+        revoked_at=crud.as_aware(row.revoked_at),
         last_used_at=crud.as_aware(row.last_used_at),
     )
 
 
-@router.post("", response_model=KeyCreated, status_code=201, responses=error_responses(400, 401, 403, 422, 429, 503),
-             summary="Create a key")
+@router.post(
+    "", response_model=KeyCreated, status_code=201, responses=error_responses(400, 401, 403, 422, 429, 503), summary="Create a key"
+)
 def create_key(request: Request, body: KeyCreate, session: SessionDep, principal: AdminKey) -> KeyCreated:
     expires = crud.utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
     key, row = crud.create_api_key(session, body.name, body.scope, expires)
@@ -36,8 +41,9 @@ def create_key(request: Request, body: KeyCreate, session: SessionDep, principal
 
 
 @router.get("", response_model=KeysPublic, responses=error_responses(401, 403, 429, 503), summary="List keys (never the keys themselves)")
-def list_keys(session: SessionDep, _: AdminKey, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-              limit: Annotated[int, Query(ge=1, le=500)] = 100) -> KeysPublic:
+def list_keys(
+    session: SessionDep, _: AdminKey, offset: Annotated[int, Query(ge=0, le=10**9)] = 0, limit: Annotated[int, Query(ge=1, le=500)] = 100
+) -> KeysPublic:
     from sqlalchemy import func, select
 
     rows = session.execute(select(ApiKey).order_by(ApiKey.id).offset(offset).limit(limit)).scalars().all()

@@ -40,14 +40,22 @@ def _get(session: Any, person_id: int) -> Person:
 
 
 @router.post(
-    "", response_model=PersonEnrolled, status_code=201, dependencies=[Multipart],
+    "",
+    response_model=PersonEnrolled,
+    status_code=201,
+    dependencies=[Multipart],
     responses=error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
     summary="Enrol a person from a burst of frames",
 )
-def enrol(request: Request, runtime: RuntimeDep, session: SessionDep, principal: AdminKey,
-          name: Annotated[str, Form(min_length=1, max_length=200)],
-          frames: Annotated[list[UploadFile], File(description="at least MIN_ENROL_FRAMES usable frames")],
-          metadata: Annotated[str | None, Form(description='a JSON object, e.g. {"badge": "A-17"}')] = None) -> PersonEnrolled:
+def enrol(
+    request: Request,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: AdminKey,
+    name: Annotated[str, Form(min_length=1, max_length=200)],
+    frames: Annotated[list[UploadFile], File(description="at least MIN_ENROL_FRAMES usable frames")],
+    metadata: Annotated[str | None, Form(description='a JSON object, e.g. {"badge": "A-17"}')] = None,
+) -> PersonEnrolled:
     """Enrol one template: the sum vector of the usable frames.
 
     Refused with 409 `already_enrolled` (and the person) when the burst already matches
@@ -58,17 +66,31 @@ def enrol(request: Request, runtime: RuntimeDep, session: SessionDep, principal:
     audit_context(request, "enrol")
     meta = _metadata(metadata)
     person, burst = recognition.enrol(runtime, session, name.strip() or name, meta, read_frames(frames, runtime))
-    audit(session, request, principal, "enrol", status_code=201, person_id=person.id, model_id=runtime.model_id,
-          frames_used=burst.used, frames_rejected=burst.rejected(), decision="enrolled")
+    audit(
+        session,
+        request,
+        principal,
+        "enrol",
+        status_code=201,
+        person_id=person.id,
+        model_id=runtime.model_id,
+        frames_used=burst.used,
+        frames_rejected=burst.rejected(),
+        decision="enrolled",
+    )
     public = person_public(person, burst.used)
     return PersonEnrolled(**public.model_dump(), frames=frames_public(burst))
 
 
 @router.get("", response_model=PersonsPublic, responses=error_responses(401, 403, 429, 503), summary="List enrolled people")
-def list_persons(runtime: RuntimeDep, session: SessionDep, _: AdminKey,
-                 offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-                 limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                 name: Annotated[str | None, Query(max_length=200, description="substring of the name")] = None) -> PersonsPublic:
+def list_persons(
+    runtime: RuntimeDep,
+    session: SessionDep,
+    _: AdminKey,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    name: Annotated[str | None, Query(max_length=200, description="substring of the name")] = None,
+) -> PersonsPublic:
     persons, count = crud.list_persons(session, offset, limit, name)
     counts = crud.frame_counts(session, [p.id for p in persons], runtime.model_id)
     return PersonsPublic(data=[person_public(p, counts.get(p.id)) for p in persons], count=count)
@@ -81,7 +103,8 @@ def get_person(person_id: RowId, runtime: RuntimeDep, session: SessionDep, _: Ad
 
 
 @router.get(
-    "/{person_id}/sample", response_class=Response,
+    "/{person_id}/sample",
+    response_class=Response,
     responses={200: {"content": {"image/jpeg": {}}}, **error_responses(401, 403, 404, 422, 429, 503)},
     summary="The person's sample aligned face (JPEG)",
 )
@@ -92,10 +115,12 @@ def get_sample(person_id: RowId, session: SessionDep, _: AdminKey) -> Response:
     return Response(content=person.sample_jpeg, media_type="image/jpeg")
 
 
-@router.patch("/{person_id}", response_model=PersonPublic, responses=error_responses(400, 401, 403, 404, 422, 429, 503),
-              summary="Rename or re-tag")
-def update_person(request: Request, person_id: RowId, body: PersonUpdate, runtime: RuntimeDep, session: SessionDep,
-                  principal: AdminKey) -> PersonPublic:
+@router.patch(
+    "/{person_id}", response_model=PersonPublic, responses=error_responses(400, 401, 403, 404, 422, 429, 503), summary="Rename or re-tag"
+)
+def update_person(
+    request: Request, person_id: RowId, body: PersonUpdate, runtime: RuntimeDep, session: SessionDep, principal: AdminKey
+) -> PersonPublic:
     person = _get(session, person_id)
     if body.name is not None:
         person.name = body.name
@@ -108,22 +133,39 @@ def update_person(request: Request, person_id: RowId, body: PersonUpdate, runtim
 
 
 @router.post(
-    "/{person_id}/frames", response_model=FramesAdded, dependencies=[Multipart],
+    "/{person_id}/frames",
+    response_model=FramesAdded,
+    dependencies=[Multipart],
     responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
     summary="Add frames; the template is re-fused from all the person's frames",
 )
-def add_frames(request: Request, person_id: RowId, runtime: RuntimeDep, session: SessionDep, principal: AdminKey,
-               frames: Annotated[list[UploadFile], File()]) -> FramesAdded:
+def add_frames(
+    request: Request,
+    person_id: RowId,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: AdminKey,
+    frames: Annotated[list[UploadFile], File()],
+) -> FramesAdded:
     """Refused with 409 `face_mismatch` when the new frames are not this person's face."""
     audit_context(request, "add_frames", person_id=person_id)
     person, burst, total = recognition.add_frames(runtime, session, person_id, read_frames(frames, runtime))
-    audit(session, request, principal, "add_frames", person_id=person_id, model_id=runtime.model_id,
-          frames_used=burst.used, frames_rejected=burst.rejected())
+    audit(
+        session,
+        request,
+        principal,
+        "add_frames",
+        person_id=person_id,
+        model_id=runtime.model_id,
+        frames_used=burst.used,
+        frames_rejected=burst.rejected(),
+    )
     return FramesAdded(person=person_public(person, total), frames=frames_public(burst))
 
 
-@router.delete("/{person_id}", response_model=DeletionDone, responses=error_responses(401, 403, 404, 422, 429, 503),
-               summary="Delete a person")
+@router.delete(
+    "/{person_id}", response_model=DeletionDone, responses=error_responses(401, 403, 404, 422, 429, 503), summary="Delete a person"
+)
 def delete_person(request: Request, person_id: RowId, session: SessionDep, principal: AdminKey) -> DeletionDone:
     """Removes the person's templates, frame embeddings and sample image. Past audit events
     keep the person id but hold no face data."""

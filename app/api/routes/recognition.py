@@ -20,12 +20,15 @@ DoorField = Annotated[str | None, Form(max_length=200, description="which door i
 
 
 @router.post(
-    "/identify", response_model=IdentifyPublic, dependencies=[Multipart],
+    "/identify",
+    response_model=IdentifyPublic,
+    dependencies=[Multipart],
     responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503),
     summary="Identify a burst of frames: grant or deny",
 )
-def identify(request: Request, runtime: RuntimeDep, session: SessionDep, principal: DoorKey,
-             frames: FramesField, door_id: DoorField = None) -> IdentifyPublic:
+def identify(
+    request: Request, runtime: RuntimeDep, session: SessionDep, principal: DoorKey, frames: FramesField, door_id: DoorField = None
+) -> IdentifyPublic:
     """Decode, check, align, embed and fuse the frames, scan every template, decide.
 
     Denied when the nearest template is farther than the threshold: an unknown face is never
@@ -52,12 +55,21 @@ def identify(request: Request, runtime: RuntimeDep, session: SessionDep, princip
 
 
 @router.post(
-    "/persons/{person_id}/verify", response_model=VerifyPublic, dependencies=[Multipart],
+    "/persons/{person_id}/verify",
+    response_model=VerifyPublic,
+    dependencies=[Multipart],
     responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
     summary="Verify (1:1) a burst against one person",
 )
-def verify(request: Request, person_id: RowId, runtime: RuntimeDep, session: SessionDep, principal: DoorKey,
-           frames: FramesField, door_id: DoorField = None) -> VerifyPublic:
+def verify(
+    request: Request,
+    person_id: RowId,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: DoorKey,
+    frames: FramesField,
+    door_id: DoorField = None,
+) -> VerifyPublic:
     """Is this burst the given person? Granted when the distance is within the threshold."""
     audit_context(request, "verify", door_id=door_id, person_id=person_id)
     decision, d = recognition.verify(runtime, session, person_id, read_frames(frames, runtime))

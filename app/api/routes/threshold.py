@@ -18,8 +18,10 @@ router = APIRouter(prefix="/v1/threshold", tags=["threshold"])
 def _public(runtime: RuntimeDep, session: SessionDep) -> ThresholdPublic:
     stored = crud.stored_threshold(session)
     return ThresholdPublic(
-        threshold=runtime.threshold(session), source="stored" if stored is not None else "default",
-        default=runtime.default_threshold(), model_id=runtime.model_id,
+        threshold=runtime.threshold(session),
+        source="stored" if stored is not None else "default",
+        default=runtime.default_threshold(),
+        model_id=runtime.model_id,
     )
 
 
@@ -29,7 +31,9 @@ def get_threshold(runtime: RuntimeDep, session: SessionDep, _: AdminKey) -> Thre
 
 
 @router.put("", response_model=ThresholdPublic, responses=error_responses(400, 401, 403, 422, 429, 503), summary="Set the threshold")
-def put_threshold(request: Request, body: ThresholdUpdate, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> ThresholdPublic:
+def put_threshold(
+    request: Request, body: ThresholdUpdate, runtime: RuntimeDep, session: SessionDep, principal: AdminKey
+) -> ThresholdPublic:
     """Stored in the database: every replica uses it from its next request."""
     old = runtime.threshold(session)
     crud.set_threshold(session, body.threshold)
@@ -37,8 +41,12 @@ def put_threshold(request: Request, body: ThresholdUpdate, runtime: RuntimeDep, 
     return _public(runtime, session)
 
 
-@router.post("/calibrate", response_model=CalibratePublic, responses=error_responses(400, 401, 403, 422, 429, 503),
-             summary="Recommend a threshold from the enrolled templates")
+@router.post(
+    "/calibrate",
+    response_model=CalibratePublic,
+    responses=error_responses(400, 401, 403, 422, 429, 503),
+    summary="Recommend a threshold from the enrolled templates",
+)
 def calibrate(request: Request, body: CalibrateRequest, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> CalibratePublic:
     """Two rules: `min_negative`, the origin's smallest distance between two enrolled people
     (every pair of templates is a negative pair), and `target_far`, the model manifest's
@@ -55,8 +63,15 @@ def calibrate(request: Request, body: CalibrateRequest, runtime: RuntimeDep, ses
     if body.apply and recommended is not None and 0.0 < recommended < 1.0:
         crud.set_threshold(session, recommended)
         applied = True
-        audit(session, request, principal, "threshold", threshold=recommended, reason=f"calibrated:{body.method}", model_id=runtime.model_id)
+        audit(
+            session, request, principal, "threshold", threshold=recommended, reason=f"calibrated:{body.method}", model_id=runtime.model_id
+        )
     return CalibratePublic(
-        templates_used=len(sample), min_negative_distance=min_negative, manifest_far_threshold=manifest_t,
-        recommended=recommended, method=body.method, applied=applied, threshold=runtime.threshold(session),
+        templates_used=len(sample),
+        min_negative_distance=min_negative,
+        manifest_far_threshold=manifest_t,
+        recommended=recommended,
+        method=body.method,
+        applied=applied,
+        threshold=runtime.threshold(session),
     )
