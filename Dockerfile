@@ -26,11 +26,9 @@ RUN apt-get update \
 WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone, so a code change does not reinstall them.
-# simsimd (the int8 template scan) is listed here because pyproject.toml does not declare it
-# yet: in the development venv it only arrives through the training extras (albucore).
 COPY pyproject.toml ./
 RUN mkdir app && touch app/__init__.py \
-    && pip install . "simsimd>=6,<7" \
+    && pip install . \
     && pip uninstall -y facegate \
     && rm -rf app build ./*.egg-info
 

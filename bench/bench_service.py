@@ -179,8 +179,11 @@ def self_rss_mib() -> float:
 def scan_phase(sizes: list[int], queries: int, dim: int) -> list[dict[str, Any]]:
     import simsimd
 
+    from app.core.config import Settings
     from app.store.index import TemplateIndex, quantise
 
+    # The same scan threads the service uses (SCAN_THREADS, from the environment or default).
+    threads = Settings().SCAN_THREADS
     rng = np.random.default_rng(0)
     out = []
     for n in sizes:
@@ -190,7 +193,7 @@ def scan_phase(sizes: list[int], queries: int, dim: int) -> list[dict[str, Any]]
         for start in range(0, n, 100_000):
             stop = min(n, start + 100_000)
             codes[start:stop] = quantise(common.random_unit_vectors(stop - start, dim, rng))
-        index = TemplateIndex("bench", dim)
+        index = TemplateIndex("bench", dim, threads=threads)
         ids = np.arange(1, n + 1, dtype=np.int64)
         t0 = time.perf_counter()
         index.load_bulk(ids, ids, codes, generation=1)
@@ -212,10 +215,11 @@ def scan_phase(sizes: list[int], queries: int, dim: int) -> list[dict[str, Any]]
         for q in probes[3:]:
             qq = quantise(q)[None, :]
             t0 = time.perf_counter()
-            simsimd.cdist(qq, matrix, metric="dot", threads=1)
+            simsimd.cdist(qq, matrix, metric="dot", threads=threads)
             dots.append(time.perf_counter() - t0)
         row: dict[str, Any] = {
             "templates": n,
+            "threads": threads,
             "scan": common.latency_summary(times),
             "dot_only": common.latency_summary(dots),
             "index_nbytes": index.nbytes,

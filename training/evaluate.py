@@ -200,6 +200,7 @@ def fused_protocol(vectors: np.ndarray, owners: np.ndarray, rng: np.random.Gener
     positives: list[np.ndarray] = []
     neg_min, neg_max, neg_sum, neg_count = np.inf, -np.inf, 0.0, 0
     neg_sample: list[np.ndarray] = []
+    neg_upper: list[np.ndarray] = []  # every different-identity pair once, for FAR thresholds
     block = 1024
     # Each different-identity pair is met twice (row i and row j): min, max and mean are
     # unaffected, and the sample for the plot is drawn uniformly from both copies alike.
@@ -219,6 +220,8 @@ def fused_protocol(vectors: np.ndarray, owners: np.ndarray, rng: np.random.Gener
             neg_sample.append(negatives[rng.random(negatives.size) < sample_rate])
         upper = same & (np.arange(count)[None, :] > (local + start)[:, None])
         positives.append(dist[upper])
+        later = np.arange(count)[None, :] > (local + start)[:, None]
+        neg_upper.append(dist[~same & later & np.isfinite(dist)].astype(np.float32))
         nearest_same[start:stop] = np.where(same, dist, np.inf).min(axis=1)
         nearest = np.argmin(dist, axis=1)
         hits[start:stop] = owner_index[nearest] == owner_index[start:stop]
@@ -242,9 +245,47 @@ def fused_protocol(vectors: np.ndarray, owners: np.ndarray, rng: np.random.Gener
     # "Safe": the match would survive a threshold set at the smallest negative of the whole set,
     # the origin demo's own threshold rule.
     result["safe"] = None if neg_count == 0 else float((nearest_same[is_query] <= neg_min).mean())
+    negatives_all = np.concatenate(neg_upper) if neg_upper else np.empty(0, np.float32)
+    result["far_thresholds"] = far_thresholds(pos, negatives_all)
     result["_pos_values"] = pos
     result["_neg_sample"] = np.concatenate(neg_sample) if neg_sample else np.empty(0)
     return result
+
+
+FARS = (0.01, 0.001)
+
+
+def far_thresholds(positives: np.ndarray, negatives: np.ndarray, fars: Sequence[float] = FARS) -> dict[str, Any]:
+    """Per target FAR: the largest threshold accepting at most that share of negative pairs,
+    and the share of positive pairs it accepts (TAR).
+
+    Fused vectors of n images sit much closer together than single images, for different
+    people too, so a threshold for bursts must be measured on fused vectors of that size.
+    """
+    out: dict[str, Any] = {}
+    ordered = np.sort(negatives)
+    for far in fars:
+        allowed = int(np.floor(far * len(ordered)))
+        if len(ordered) == 0 or allowed < 1:
+            out[str(far)] = {"threshold": None, "tar": None, "negatives": len(ordered), "note": "too few negative pairs"}
+            continue
+        # Midway between the last accepted and the first refused negative distance.
+        threshold = float((ordered[allowed - 1] + ordered[allowed]) / 2) if allowed < len(ordered) else float(ordered[-1])
+        out[str(far)] = {
+            "threshold": threshold,
+            "tar": float((positives <= threshold).mean()) if len(positives) else None,
+            "far_actual": float((negatives <= threshold).mean()),
+            "negatives": len(ordered),
+            "positives": len(positives),
+        }
+    return out
+
+
+def _far_cell(result: dict[str, Any], far: float) -> str:
+    point = (result.get("far_thresholds") or {}).get(str(far)) or {}
+    if point.get("threshold") is None:
+        return "n/a"
+    return f"{point['threshold']:.3f} / {_pct(point['tar'])}"
 
 
 def _pct(value: float | None) -> str:
@@ -279,6 +320,8 @@ def protocol_table(per_n: dict[int, dict[str, Any]], title: str) -> str:
     row("safe (pos <= smallest neg of the set)", lambda r: _pct(r["safe"]), lambda o: _pct(o["safe"]))
     row("pos min / avg / max", lambda r: _triple(r["pos"]), lambda o: _triple(o["pos"]))
     row("neg min / avg / max", lambda r: _triple(r["neg"]), lambda o: _triple(o["neg"]))
+    for far in FARS:
+        row(f"threshold @ FAR {far:g} / TAR", lambda r, far=far: _far_cell(r, far), lambda o: "-")
     counts = [
         ["identities / queries / vectors"]
         + [
@@ -1003,6 +1046,64 @@ def run_curves(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def run_learning_curve(args: argparse.Namespace) -> dict[str, Any]:
+    """Best validation figures of runs that differ only in how many identities they trained on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    points = []
+    for run in args.run:
+        config = json.loads((run / "config.json").read_text())
+        history = read_history(run / "history.csv")
+        best = int(np.nanargmin(history["val_loss"]))
+        points.append(
+            {
+                "run": str(run),
+                "train_identities": int(config["train_identities"]),
+                "train_images": int(config["train_images"]),
+                "epochs": len(history["epoch"]),
+                "best_epoch": int(history["epoch"][best]),
+                "val_loss": float(history["val_loss"][best]),
+                "val_accuracy": float(history["val_accuracy"][best]),
+                "max_val_accuracy": float(np.nanmax(history["val_accuracy"])),
+                "train_accuracy": float(history["accuracy"][best]),
+            }
+        )
+    points.sort(key=lambda p: p["train_identities"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [p["train_identities"] for p in points]
+    ax.plot(xs, [p["val_accuracy"] for p in points], "o-", label="val accuracy at best val loss")
+    ax.plot(xs, [p["train_accuracy"] for p in points], "s--", label="train accuracy (augmented)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training identities")
+    ax.set_ylabel("pair-batch accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(args.title)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png", dpi=110)
+    plt.close(fig)
+    rows = [
+        [
+            str(p["train_identities"]),
+            str(p["train_images"]),
+            str(p["best_epoch"]),
+            f"{p['val_loss']:.4f}",
+            _pct(p["val_accuracy"]),
+            _pct(p["train_accuracy"]),
+        ]
+        for p in points
+    ]
+    print(markdown_table(["identities", "images", "best epoch", "val loss", "val accuracy", "train accuracy"], rows))
+    summary = {"title": args.title, "points": points, "plot": "learning_curve.png"}
+    (out / "learning_curve.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -1052,6 +1153,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--history", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=run_curves)
+
+    p = sub.add_parser("learning-curve", help="best validation figures of runs over training-set size")
+    p.add_argument("--run", type=Path, action="append", required=True, help="a run directory (repeatable)")
+    p.add_argument("--title", default="learning curve")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run_learning_curve)
     return parser.parse_args(argv)
 
 

@@ -186,6 +186,35 @@ def recommended_threshold(pairs_results: list[dict[str, Any]]) -> tuple[dict[str
     return recommended, by_far
 
 
+BURST_N = 5
+
+
+def burst_thresholds(protocol_results: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """FAR thresholds measured on fused vectors (the service matches sum vectors, not images).
+
+    Returns (the FAR 0.1% point at n = BURST_N of the first cache of this model's protocol
+    evaluation, or None; every cache's thresholds by n and FAR).
+    """
+    own = [r for r in protocol_results if r["measured_this_model"]]
+    table: dict[str, Any] = {}
+    chosen = None
+    for result in own:
+        for cache in result.get("caches", []):
+            per_n = {n: stats.get("far_thresholds") for n, stats in cache.get("per_n", {}).items() if stats.get("far_thresholds")}
+            table[cache["name"]] = per_n
+            point = (per_n.get(str(BURST_N)) or {}).get(str(RECOMMENDED_FAR))
+            if chosen is None and point and point.get("threshold") is not None:
+                chosen = {
+                    "threshold": point["threshold"],
+                    "far": RECOMMENDED_FAR,
+                    "fused_images": BURST_N,
+                    "tar": point["tar"],
+                    "source": f"{result['source']}: cache {cache['name']}, fused vectors of {BURST_N} images, "
+                    f"{point['negatives']} negative / {point['positives']} positive pairs",
+                }
+    return chosen, table
+
+
 def default_model_id(alpha: float, size: int, embedding_size: int, tflite_sha256: str, today: dt.date) -> str:
     return f"facegate-mnv2-{float(alpha)}-{size}-{embedding_size}-{today:%Y%m%d}-{tflite_sha256[:8]}"
 
@@ -226,15 +255,24 @@ def export_run(
     try:
         (staging / SERVING_FILE).write_bytes(tflite)
         model.save(staging / "model.keras")
+        if (run / "split.json").exists():
+            # The held-out identities travel with the model: whoever evaluates it later can
+            # check that their people were never trained on.
+            shutil.copyfile(run / "split.json", staging / "split.json")
         crops, crops_note = roundtrip_inputs(config, run, size)
         diff = verify_roundtrip(model, staging / SERVING_FILE, crops)
         print(f"TFLite vs Keras max abs diff on {crops_note}: {diff:.3g}")
         if not diff < MAX_TFLITE_DIFF:
             raise ValueError(f"TFLite output differs from Keras by {diff:.3g} (limit {MAX_TFLITE_DIFF}): not exported")
-        hashes = {name: file_sha256(staging / name) for name in ("model.keras", SERVING_FILE)}
+        packaged = [name for name in ("model.keras", SERVING_FILE, "split.json") if (staging / name).exists()]
+        hashes = {name: file_sha256(staging / name) for name in packaged}
         files = {name: {"sha256": digest, "bytes": (staging / name).stat().st_size} for name, digest in hashes.items()}
         evaluations = collect_evaluations(eval_dirs, {file_sha256(model_file), hashes[SERVING_FILE]})
-        recommended, by_far = recommended_threshold(evaluations["pairs"])
+        single_image, by_far = recommended_threshold(evaluations["pairs"])
+        burst, by_n = burst_thresholds(evaluations["protocol"])
+        # The service compares a fused burst with a fused template: its threshold must come
+        # from fused vectors. The single-image (pairs) threshold is kept for reference.
+        recommended = burst or single_image
         cache_summary = _read_json(Path(str(config.get("cache", ""))) / "summary.json")
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -268,6 +306,9 @@ def export_run(
                 "cache": config.get("cache"),
                 **{k: config.get(k) for k in ("train_identities", "train_images", "val_identities", "val_images")},
                 "epochs_requested": config.get("epochs"),
+                "init_from": config.get("init_from"),
+                "batchnorm": config.get("batchnorm", "frozen"),
+                "augmented_variants": config.get("variants") or config.get("trunk_cache"),
                 "batch_identities": config.get("bs"),
                 "learning_rate": config.get("lr"),
                 "cosine": config.get("cosine"),
@@ -280,6 +321,8 @@ def export_run(
             "evaluation": evaluations,
             "recommended_threshold": recommended,
             "thresholds_by_far": by_far,
+            "single_image_threshold": single_image,
+            "thresholds_by_fused_n": by_n,
             "tflite_max_abs_diff": diff,
             "tflite_roundtrip_inputs": crops_note,
             "library_versions": library_versions(),

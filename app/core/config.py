@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     # Model package
     MODEL_STORE: Path = REPO_ROOT / "model_store"
     MODEL_ID: str | None = Field(default=None, description="which package in MODEL_STORE; default: the only or newest one")
-    EMBED_THREADS: int = 1
+    EMBED_THREADS: int = Field(default=2, ge=1, le=64, description="LiteRT threads per embedding call")
 
     # Bursts and uploads
     MAX_FRAMES: int = 16

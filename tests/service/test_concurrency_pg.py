@@ -79,7 +79,7 @@ def _index_templates(rt: Runtime) -> dict[int, int]:
     with rt.sessions() as session:
         rt.index.sync(session)
     ids = rt.index.all_template_ids().tolist()
-    rows = {tid: rt.index._row_of[tid] for tid in ids}
+    rows = {tid: rt.index.row_of(tid) for tid in ids}
     return {tid: int(rt.index._person_ids[row]) for tid, row in rows.items()}
 
 

@@ -1,0 +1,66 @@
+"""The in-memory template index: upserts, removals that keep the matrix dense, the scan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.store.index import TemplateIndex, quantise
+from app.vision.fusion import l2_normalise
+
+
+def unit_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    return l2_normalise(np.random.default_rng(seed).random((n, dim), dtype=np.float32))
+
+
+def test_scan_finds_each_template_first() -> None:
+    vectors = unit_vectors(50)
+    index = TemplateIndex("m", 32, capacity=4)
+    index.upsert_many(np.arange(1, 51), np.arange(101, 151), vectors)
+    assert len(index) == 50
+    for i in (0, 17, 49):
+        best = index.scan(vectors[i], k=3)[0]
+        assert (best.template_id, best.person_id) == (i + 1, i + 101)
+        assert best.approx_distance == pytest.approx(0.0, abs=0.01)
+
+
+def test_upsert_overwrites_and_remove_keeps_rows_dense() -> None:
+    vectors = unit_vectors(6, seed=1)
+    index = TemplateIndex("m", 32)
+    index.upsert_many(np.array([10, 20, 30]), np.array([1, 2, 3]), vectors[:3])
+    index.upsert_many(np.array([20]), np.array([2]), vectors[3:4])  # re-fused template 20
+    assert len(index) == 3
+    assert index.scan(vectors[3], k=1)[0].template_id == 20
+    index.remove(10)  # the last row (30) moves into row 0
+    index.remove(999)  # unknown ids are ignored
+    assert len(index) == 2 and sorted(index.all_template_ids().tolist()) == [20, 30]
+    assert index.row_of(10) == -1 and index.row_of(30) == 0
+    assert index.scan(vectors[2], k=1)[0].template_id == 30
+    index.remove(30)
+    index.remove(20)
+    assert len(index) == 0 and index.scan(vectors[0], k=5) == []
+
+
+def test_load_bulk_and_quantisation_error_is_small() -> None:
+    vectors = unit_vectors(1000, dim=256, seed=2)
+    index = TemplateIndex("m", 256)
+    index.load_bulk(np.arange(1000) * 3, np.arange(1000), quantise(vectors), generation=7)
+    assert index.generation == 7 and index.row_of(300) == 100
+    query = vectors[100]
+    exact = 1.0 - vectors @ query
+    shortlist = index.scan(query, k=10)
+    assert shortlist[0].template_id == 300
+    for candidate in shortlist:
+        assert candidate.approx_distance == pytest.approx(exact[candidate.template_id // 3], abs=0.01)
+
+
+@pytest.mark.parametrize("n", [5, 100, 10_000, 100_003])
+def test_top_k_largest_matches_a_full_sort(n: int) -> None:
+    from app.store.index import top_k_largest
+
+    rng = np.random.default_rng(n)
+    scores = rng.integers(0, 50, n).astype(np.float32)  # many ties
+    for k in sorted({min(n, 1), min(n, 16), min(n, 40)}):
+        got = top_k_largest(scores, k)
+        assert len(got) == k
+        assert np.array_equal(np.sort(scores[got])[::-1], np.sort(scores)[::-1][:k])
