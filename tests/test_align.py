@@ -21,8 +21,8 @@ def synthetic_landmarks(angle_degrees: float, seed: int = 0) -> np.ndarray:
     radius = np.sqrt(rng.uniform(0, 1, 468))
     points = np.stack([200 + 60 * radius * np.cos(theta), 150 + 80 * radius * np.sin(theta)], axis=1)
     left, right = _eye_indices()
-    points[left] = [230, 130] + rng.normal(0, 2, (len(left), 2))  # subject's left eye: image right
-    points[right] = [170, 130] + rng.normal(0, 2, (len(right), 2))
+    points[left] = np.array([230, 130]) + rng.normal(0, 2, (len(left), 2))  # subject's left eye: image right
+    points[right] = np.array([170, 130]) + rng.normal(0, 2, (len(right), 2))
     a = np.radians(angle_degrees)
     rotation = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     return (points - [200, 150]) @ rotation.T + [200, 150]
