@@ -517,9 +517,9 @@ def _enrol(http: TestClient, name: str, photos: list[bytes]) -> dict[str, Any]:
 
 
 def test_confirm_by_face_deletion_with_real_faces(
-    tight: TestClient, clean_runtime: Runtime, door_key: str, faces: dict[str, list[bytes]]
+    tight: TestClient, clean_runtime: Runtime, door_key: str, door_faces: dict[str, list[bytes]]
 ) -> None:
-    alice_photos, bob_photos = (faces[name][:3] for name in list(faces)[:2])
+    alice_photos, bob_photos = (door_faces[name][:3] for name in list(door_faces)[:2])
     alice, bob = _enrol(tight, "Alice", alice_photos), _enrol(tight, "Bob", bob_photos)
     assert alice["frame_count"] == 3 and alice["frames"] == [{"index": i, "used": True, "reason": None} for i in range(3)]
     assert tight.get(f"/v1/persons/{alice['id']}/sample").headers["content-type"] == "image/jpeg"
@@ -529,7 +529,7 @@ def test_confirm_by_face_deletion_with_real_faces(
     assert again.json()["details"]["person_id"] == alice["id"]
 
     # Not enrolled: no token.
-    stranger = tight.post("/v1/deletion-requests", **multipart(faces[list(faces)[2]][:3]))
+    stranger = tight.post("/v1/deletion-requests", **multipart(door_faces[list(door_faces)[2]][:3]))
     assert stranger.status_code == 404 and stranger.json()["code"] == "no_matching_person"
 
     asked = tight.post("/v1/deletion-requests", **multipart(alice_photos))
@@ -553,9 +553,9 @@ def test_confirm_by_face_deletion_with_real_faces(
 
 
 def test_add_frames_and_verify_with_real_faces(
-    tight: TestClient, clean_runtime: Runtime, door_key: str, faces: dict[str, list[bytes]]
+    tight: TestClient, clean_runtime: Runtime, door_key: str, door_faces: dict[str, list[bytes]]
 ) -> None:
-    alice_photos, bob_photos = (faces[name][:3] for name in list(faces)[:2])
+    alice_photos, bob_photos = (door_faces[name][:3] for name in list(door_faces)[:2])
     alice = _enrol(tight, "Alice", alice_photos)
     before = store_counts(clean_runtime)
 
@@ -615,10 +615,10 @@ def test_writes_are_committed_before_the_response(
 
 
 def test_person_deleted_during_identify_is_not_granted(
-    tight: TestClient, clean_runtime: Runtime, faces: dict[str, list[bytes]], monkeypatch: pytest.MonkeyPatch
+    tight: TestClient, clean_runtime: Runtime, door_faces: dict[str, list[bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The delete commits after the scan found the person's template but before the answer."""
-    photo = faces[next(iter(faces))][0]
+    photo = door_faces[next(iter(door_faces))][0]
     pid = _enrol(tight, "Racer", [photo] * 3)["id"]
     scanned = crud.template_vectors
 

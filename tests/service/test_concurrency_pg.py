@@ -40,9 +40,10 @@ def pg_runtime(clean_runtime: Runtime) -> Runtime:
 
 
 @pytest.fixture
-def photos(faces: dict[str, list[bytes]]) -> list[bytes]:
-    """One photo each of distinct people."""
-    return [faces[name][0] for name in list(faces)[:10]]
+def photos(door_faces: dict[str, list[bytes]]) -> list[bytes]:
+    """One well-lit, frontal photo each of distinct people (faces large enough for every
+    quality check, whatever the model)."""
+    return [door_faces[name][0] for name in list(door_faces)[:10]]
 
 
 @dataclass(frozen=True)
