@@ -15,7 +15,7 @@ frames), then measures on this machine:
 
     python -m bench.bench_service --quick          # < 1 minute
     python -m bench.bench_service                  # the full run
-    MODEL_STORE=/tmp/devstore python -m bench.bench_service --quick
+    MODEL_STORE=/path/to/another/store python -m bench.bench_service --quick
 
 Targets (from the issue): 5-frame identify p50 <= 80 ms, 1M-template scan <= 30 ms,
 server memory <= 800 MB.

@@ -129,7 +129,7 @@ def test_shipped_model_tflite_matches_keras_on_real_aligned_faces(repo_root: Pat
     """The shipped package, run on crops the service's aligner makes from real photos."""
     manifests = shipped_models(repo_root)
     if not manifests:
-        pytest.skip("model_store/ holds no exported model yet: run `python -m training.export --run runs/main`")
+        pytest.skip("model_store/ holds no exported model yet: run `python -m training.export --run runs/b6`")
     from app.vision.align import FaceAligner
     from training.evaluate import read_rgb
 
