@@ -90,10 +90,7 @@ class Runtime:
 
     # -- the data path -----------------------------------------------------------------------
     def embed_burst(self, frames: Sequence[bytes]) -> Burst:
-        if not frames:
-            raise ApiError(422, "no_frames", "send at least one frame in the 'frames' field")
-        if len(frames) > self.settings.MAX_FRAMES:
-            raise ApiError(413, "too_many_frames", f"{len(frames)} frames; the limit is {self.settings.MAX_FRAMES}")
+        """Frames as read by ``app.api.common.read_frames``, which bounds their count and size."""
         burst = process_burst(frames, self.aligners, self.embedder, self.limits)
         for stage, seconds in burst.timings.items():
             STAGE_SECONDS.labels(stage=stage).observe(seconds)

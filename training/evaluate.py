@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import itertools
 import json
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from app.vision.embedder import sha256_file
 from app.vision.fusion import fuse, l2_normalise
 from training.datasets import IMAGE_SUFFIXES
 
@@ -72,14 +74,6 @@ class LoadedModel:
     sha256: str
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_model(path: Path) -> LoadedModel:
     """A ``.keras`` or ``.tflite`` embedder as one ``(n, s, s, 3) float32 -> (n, d)`` function.
 
@@ -93,7 +87,7 @@ def load_model(path: Path) -> LoadedModel:
         from app.vision.litert import LiteRTModel
 
         runner = LiteRTModel(path, num_threads=min(2, os.cpu_count() or 1))
-        return LoadedModel(runner, int(runner.input_shape[0]), str(path), file_sha256(path))
+        return LoadedModel(runner, int(runner.input_shape[0]), str(path), sha256_file(path))
     if path.suffix != ".keras":
         raise ValueError(f"model {path}: expected a .keras or .tflite file")
     import keras
@@ -113,7 +107,7 @@ def load_model(path: Path) -> LoadedModel:
     def embed(batch: np.ndarray) -> np.ndarray:
         return np.asarray(forward(tf.convert_to_tensor(np.asarray(batch, dtype=np.float32))))
 
-    return LoadedModel(embed, size, str(path), file_sha256(path))
+    return LoadedModel(embed, size, str(path), sha256_file(path))
 
 
 def degenerate_count(embeddings: np.ndarray) -> int:
@@ -321,7 +315,7 @@ def protocol_table(per_n: dict[int, dict[str, Any]], title: str) -> str:
     row("pos min / avg / max", lambda r: _triple(r["pos"]), lambda o: _triple(o["pos"]))
     row("neg min / avg / max", lambda r: _triple(r["neg"]), lambda o: _triple(o["neg"]))
     for far in FARS:
-        row(f"threshold @ FAR {far:g} / TAR", lambda r, far=far: _far_cell(r, far), lambda o: "-")
+        row(f"threshold @ FAR {far:g} / TAR", functools.partial(_far_cell, far=far), lambda o: "-")
     counts = [
         ["identities / queries / vectors"]
         + [
@@ -1055,7 +1049,7 @@ def run_learning_curve(args: argparse.Namespace) -> dict[str, Any]:
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    points = []
+    points: list[dict[str, Any]] = []
     for run in args.run:
         config = json.loads((run / "config.json").read_text())
         history = read_history(run / "history.csv")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluate import file_sha256
+from app.vision.embedder import sha256_file
 
 FORMAT_VERSION = 1
 SERVING_FILE = "model.tflite"
@@ -265,9 +265,9 @@ def export_run(
         if not diff < MAX_TFLITE_DIFF:
             raise ValueError(f"TFLite output differs from Keras by {diff:.3g} (limit {MAX_TFLITE_DIFF}): not exported")
         packaged = [name for name in ("model.keras", SERVING_FILE, "split.json") if (staging / name).exists()]
-        hashes = {name: file_sha256(staging / name) for name in packaged}
+        hashes = {name: sha256_file(staging / name) for name in packaged}
         files = {name: {"sha256": digest, "bytes": (staging / name).stat().st_size} for name, digest in hashes.items()}
-        evaluations = collect_evaluations(eval_dirs, {file_sha256(model_file), hashes[SERVING_FILE]})
+        evaluations = collect_evaluations(eval_dirs, {sha256_file(model_file), hashes[SERVING_FILE]})
         single_image, by_far = recommended_threshold(evaluations["pairs"])
         burst, by_n = burst_thresholds(evaluations["protocol"])
         # The service compares a fused burst with a fused template: its threshold must come
@@ -302,7 +302,7 @@ def export_run(
             "training": {
                 "run": str(run),
                 "checkpoint": checkpoint,
-                "checkpoint_sha256": file_sha256(model_file),
+                "checkpoint_sha256": sha256_file(model_file),
                 "cache": config.get("cache"),
                 **{k: config.get(k) for k in ("train_identities", "train_images", "val_identities", "val_images")},
                 "epochs_requested": config.get("epochs"),

@@ -21,10 +21,11 @@ again after an interruption and it resumes from ``last.keras``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,19 @@ def fixed_validation(rows_by_id: dict[str, list[int]], bs: int, seed: int, passe
 
 
 def compute_trunk_cache(
-    trunk: keras.Model, crops: np.ndarray, rows: np.ndarray, variants: int, path: Path, seed: int, batch: int = 64
+    trunk: keras.Model,
+    runner: Callable[[], LiteRTModel],
+    crops: np.ndarray,
+    rows: np.ndarray,
+    variants: int,
+    path: Path,
+    seed: int,
+    batch: int = 64,
 ) -> np.ndarray:
     """(variants, len(rows), h, w, c) float16 trunk features; variant 0 unaugmented.
 
     The frozen trunk runs under LiteRT (XNNPACK), ~10x faster than TensorFlow on this CPU.
+    ``runner`` hands out that converted trunk, converting it only when a cache is missing.
     """
     shape = (variants, len(rows), *trunk.output.shape[1:])
     done_marker = path.with_suffix(".done.json")
@@ -83,7 +92,7 @@ def compute_trunk_cache(
         return np.load(path, mmap_mode="r")
     features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
     aug = augmentation(seed)
-    infer = LiteRTModel(to_tflite(trunk), num_threads=2)
+    infer = runner()
     with tqdm(total=variants * len(rows), desc="trunk cache", unit="img") as bar:
         for v in range(variants):
             for start in range(0, len(rows), batch):
@@ -197,8 +206,10 @@ def train(args: argparse.Namespace) -> Path:
             feats, slot = reuse_trunk_cache(args.reuse_trunk_cache, "trunk_cache", train_rows, len(cache.identities))
             val_feats, val_slot = reuse_trunk_cache(args.reuse_trunk_cache, "trunk_cache_val", val_rows, len(cache.identities))
         else:
-            feats = compute_trunk_cache(trunk, cache.crops, train_rows, args.trunk_cache, out / "trunk_cache.npy", args.seed)
-            val_feats = compute_trunk_cache(trunk, cache.crops, val_rows, 1, out / "trunk_cache_val.npy", args.seed)
+            # One TFLite conversion serves both caches, and none is made when both exist.
+            runner = functools.cache(lambda: LiteRTModel(to_tflite(trunk), num_threads=2))
+            feats = compute_trunk_cache(trunk, runner, cache.crops, train_rows, args.trunk_cache, out / "trunk_cache.npy", args.seed)
+            val_feats = compute_trunk_cache(trunk, runner, cache.crops, val_rows, 1, out / "trunk_cache_val.npy", args.seed)
             slot = np.full(len(cache.identities), -1, dtype=np.int64)
             slot[train_rows] = np.arange(len(train_rows))
             val_slot = np.full(len(cache.identities), -1, dtype=np.int64)

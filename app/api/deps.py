@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import ApiError
 from app.recognition import Runtime
 from app.store import crud
+from app.store.db import session_scope
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key from `facegate keys create` or POST /v1/keys")
 _limiter = MovingWindowRateLimiter(MemoryStorage())
@@ -31,15 +32,8 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def get_session(runtime: RuntimeDep) -> Iterator[Session]:
-    session = runtime.sessions()
-    try:
+    with session_scope(runtime.sessions) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 # scope="function": commit before the response is sent. With the default ("request") scope

@@ -160,8 +160,7 @@ class TemplateIndex:
     # -- consistency -----------------------------------------------------------------------
     def sync(self, session: Session, batch: int = 20_000) -> bool:
         """Apply every change committed since this index's generation. True if any."""
-        state = session.execute(select(StoreState.generation, StoreState.threshold).where(StoreState.id == 1)).one()
-        generation = int(state.generation)
+        generation = int(session.execute(select(StoreState.generation).where(StoreState.id == 1)).scalar_one())
         if generation == self.generation:
             return False
         with self._lock:
