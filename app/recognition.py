@@ -22,14 +22,12 @@ from app.store import crud
 from app.store.db import make_engine, make_session_factory
 from app.store.index import TemplateIndex
 from app.store.models import Person
-from app.vision.embedder import Embedder, ModelPackage, find_package
+from app.vision.embedder import Embedder, ModelPackage, ModelPackageError, find_package
 from app.vision.fusion import distance, fuse
 from app.vision.pipeline import AlignerPool, Burst, BurstLimits, process_burst
 from app.vision.quality import QualityLimits
 
 log = logging.getLogger("facegate.recognition")
-
-FALLBACK_THRESHOLD = 0.3
 
 
 @dataclass(frozen=True)
@@ -61,6 +59,15 @@ class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.package = ModelPackage.open(find_package(settings.MODEL_STORE, settings.MODEL_ID))
+        if (
+            settings.DEFAULT_THRESHOLD is None
+            and self.package.threshold_for_frames(1) is None
+            and self.package.recommended_threshold is None
+        ):
+            raise ModelPackageError(
+                f"model {self.package.model_id} carries no burst threshold: export it with a burst evaluation "
+                "(python -m training.bursts, then training.export --eval) or set DEFAULT_THRESHOLD"
+            )
         self.embedder = Embedder(self.package, num_threads=settings.EMBED_THREADS)
         self.aligners = AlignerPool(settings.ALIGNER_POOL, self.package.input_size)
         self.engine: Engine = make_engine(settings)
@@ -77,12 +84,26 @@ class Runtime:
     def model_id(self) -> str:
         return self.package.model_id
 
-    def default_threshold(self) -> float:
-        return self.settings.DEFAULT_THRESHOLD or self.package.recommended_threshold or FALLBACK_THRESHOLD
+    def default_threshold(self, frames: int | None = None) -> float:
+        """The model's threshold for a query of ``frames`` fused frames (default: a template's worth).
 
-    def threshold(self, session: Session) -> float:
+        Fused distances shrink as frames are added, strangers' too, so the package measures one
+        threshold per burst size at its target FAR; ``DEFAULT_THRESHOLD`` overrides them all.
+        """
+        if self.settings.DEFAULT_THRESHOLD is not None:
+            return self.settings.DEFAULT_THRESHOLD
+        by_frames = self.package.threshold_for_frames(self.package.template_frames if frames is None else frames)
+        if by_frames is not None:
+            return by_frames
+        recommended = self.package.recommended_threshold
+        assert recommended is not None  # checked at start-up
+        return recommended
+
+    def threshold(self, session: Session, frames: int | None = None) -> float:
+        """The threshold in force for a burst of ``frames`` usable frames: an admin's stored
+        distance (the same for every burst size), else the model's row for that size."""
         stored = crud.stored_threshold(session)
-        return float(stored) if stored is not None else self.default_threshold()
+        return float(stored) if stored is not None else self.default_threshold(frames)
 
     def close(self) -> None:
         self.aligners.close()
@@ -117,7 +138,7 @@ class Runtime:
 
 
 def _decide(runtime: Runtime, session: Session, burst: Burst, min_frames: int) -> Decision:
-    threshold = runtime.threshold(session)
+    threshold = runtime.threshold(session, burst.used)
     if burst.used < min_frames:
         return Decision(False, "no_usable_frames", threshold, None, None, burst)
     query = fuse(burst.embeddings)
@@ -149,7 +170,7 @@ def verify(runtime: Runtime, session: Session, person_id: int, frames: Sequence[
     if template is None:
         raise ApiError(409, "no_template_for_model", f"person {person_id} has no template for model {runtime.model_id}: re-enrol")
     burst = runtime.embed_burst(frames)
-    threshold = runtime.threshold(session)
+    threshold = runtime.threshold(session, burst.used)
     if burst.used < runtime.settings.MIN_IDENTIFY_FRAMES:
         return Decision(False, "no_usable_frames", threshold, None, None, burst), None
     d = float(distance(fuse(burst.embeddings), template))
@@ -174,7 +195,7 @@ def frame_details(burst: Burst) -> list[dict[str, Any]]:
 def enrol(runtime: Runtime, session: Session, name: str, metadata: dict[str, Any], frames: Sequence[bytes]) -> tuple[Person, Burst]:
     burst = runtime.embed_burst(frames)
     _require_frames(runtime, burst, runtime.settings.MIN_ENROL_FRAMES)
-    threshold = runtime.threshold(session)
+    threshold = runtime.threshold(session, burst.used)
     best, _, _ = runtime.nearest(session, fuse(burst.embeddings))
     if best is not None and best.distance <= threshold:
         raise ApiError(
@@ -200,7 +221,7 @@ def add_frames(runtime: Runtime, session: Session, person_id: int, frames: Seque
     template = crud.person_template(session, person_id, runtime.model_id)
     if template is not None:
         d = float(distance(fuse(burst.embeddings), template))
-        threshold = runtime.threshold(session)
+        threshold = runtime.threshold(session, burst.used)
         if d > threshold:
             raise ApiError(
                 409,

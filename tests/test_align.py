@@ -1,58 +1,79 @@
-"""The shared aligner: eyes levelled, hull masked, tight square crop of the requested size."""
+"""The shared aligner: five Face Mesh points onto the standard 112x112 template, hull kept as a mask."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from app.vision.align import FaceAligner, _affine_to_crop, _eye_indices, align_landmarks
+from app.vision.align import (
+    MOUTH_IMAGE_LEFT,
+    MOUTH_IMAGE_RIGHT,
+    NOSE_TIP,
+    TEMPLATE_112,
+    FaceAligner,
+    _eye_indices,
+    align_landmarks,
+    five_points,
+    similarity_transform,
+)
+from app.vision.decode import read_image_file
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 
 
-def synthetic_landmarks(angle_degrees: float, seed: int = 0) -> np.ndarray:
-    """468 points in a face-sized ellipse, with the eye landmarks clustered at two eye centres,
-    the whole face rolled by ``angle_degrees`` around (200, 150)."""
+def rotation(degrees: float) -> np.ndarray:
+    a = np.radians(degrees)
+    return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+
+
+def synthetic_landmarks(roll: float, scale: float = 2.5, offset: tuple[float, float] = (120.0, 60.0), seed: int = 0) -> np.ndarray:
+    """468 landmarks of a face whose five points are the template's, rolled by ``roll`` degrees,
+    scaled and moved; the other points scatter over the face (they shape only the hull)."""
     rng = np.random.default_rng(seed)
-    theta = rng.uniform(0, 2 * np.pi, 468)
-    radius = np.sqrt(rng.uniform(0, 1, 468))
-    points = np.stack([200 + 60 * radius * np.cos(theta), 150 + 80 * radius * np.sin(theta)], axis=1)
-    left, right = _eye_indices()
-    points[left] = np.array([230, 130]) + rng.normal(0, 2, (len(left), 2))  # subject's left eye: image right
-    points[right] = np.array([170, 130]) + rng.normal(0, 2, (len(right), 2))
-    a = np.radians(angle_degrees)
-    rotation = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    return (points - [200, 150]) @ rotation.T + [200, 150]
+    face = rng.uniform([30, 30], [82, 105], size=(468, 2))
+    subject_left, subject_right = _eye_indices()
+    face[subject_right] = TEMPLATE_112[0] + rng.normal(0, 1.0, (len(subject_right), 2))
+    face[subject_right] += TEMPLATE_112[0] - face[subject_right].mean(axis=0)  # centre exactly on the template eye
+    face[subject_left] = TEMPLATE_112[1] + rng.normal(0, 1.0, (len(subject_left), 2))
+    face[subject_left] += TEMPLATE_112[1] - face[subject_left].mean(axis=0)
+    face[NOSE_TIP], face[MOUTH_IMAGE_LEFT], face[MOUTH_IMAGE_RIGHT] = TEMPLATE_112[2], TEMPLATE_112[3], TEMPLATE_112[4]
+    return (face - 56.0) @ (scale * rotation(roll)).T + np.array(offset) + 56.0 * scale
 
 
-@pytest.mark.parametrize("angle", [-25.0, 0.0, 12.0, 40.0])
-def test_eyes_are_levelled_and_the_face_fills_the_square(angle: float) -> None:
-    landmarks = synthetic_landmarks(angle)
-    matrix, roll, _, eye_distance = _affine_to_crop(landmarks, 160)
-    projected = landmarks @ matrix[:, :2].T + matrix[:, 2]
-    left, right = _eye_indices()
-    left_eye, right_eye = projected[left].mean(axis=0), projected[right].mean(axis=0)
-    assert abs(left_eye[1] - right_eye[1]) < 1e-6  # level
-    assert left_eye[0] > right_eye[0]  # not flipped
-    assert roll == pytest.approx(angle, abs=1.0)
-    assert eye_distance == pytest.approx(60, rel=0.1)
-    # Tight: the landmark box touches two opposite sides of the square, within it.
-    assert projected.min() >= -1e-6 and projected.max() <= 160 + 1e-6
-    spans = projected.max(axis=0) - projected.min(axis=0)
-    assert max(spans) == pytest.approx(160, abs=1e-6)
+def test_similarity_transform_recovers_a_known_transform() -> None:
+    rng = np.random.default_rng(1)
+    src = rng.uniform(0, 100, (5, 2))
+    truth = np.hstack([1.7 * rotation(23.0), [[12.0], [-4.0]]])
+    dst = src @ truth[:, :2].T + truth[:, 2]
+    np.testing.assert_allclose(similarity_transform(src, dst), truth, atol=1e-9)
+    # Never a reflection, even when the points are mirrored: a mirrored face stays a face.
+    mirrored = similarity_transform(src, dst * [-1.0, 1.0])
+    assert np.linalg.det(mirrored[:, :2]) > 0
 
 
-def test_outside_the_hull_is_black() -> None:
-    image = np.full((300, 400, 3), 200, dtype=np.uint8)
-    face = align_landmarks(image, synthetic_landmarks(10.0), 160)
-    assert face.crop.shape == (160, 160, 3) and face.crop.dtype == np.uint8
-    outside = face.mask == 0
-    assert outside.any() and (face.mask == 255).any()
-    assert not face.crop[outside].any()
+@pytest.mark.parametrize("roll", [-25.0, 0.0, 12.0, 40.0])
+def test_five_points_land_on_the_template(roll: float) -> None:
+    landmarks = synthetic_landmarks(roll)
+    image = np.full((500, 600, 3), 200, dtype=np.uint8)
+    face = align_landmarks(image, landmarks, 112)
+    assert face.crop.shape == (112, 112, 3) and face.crop.dtype == np.uint8
+    matrix = similarity_transform(five_points(landmarks), TEMPLATE_112)
+    projected = five_points(landmarks) @ matrix[:, :2].T + matrix[:, 2]
+    np.testing.assert_allclose(projected, TEMPLATE_112, atol=1e-6)
+    assert face.roll_degrees == pytest.approx(roll, abs=1e-6)
+    eyes = TEMPLATE_112[1] - TEMPLATE_112[0]
+    assert face.eye_distance_px == pytest.approx(2.5 * np.hypot(*eyes), rel=1e-6)
+    # The crop is not masked (the template's own framing); the hull is kept for quality checks.
     assert (face.crop[face.mask == 255] == 200).all()
+    assert 0.2 < (face.mask > 0).mean() < 0.9
+
+
+def test_template_scales_with_the_crop_size() -> None:
+    landmarks = synthetic_landmarks(5.0)
+    image = np.full((500, 600, 3), 200, dtype=np.uint8)
+    assert align_landmarks(image, landmarks, 224).crop.shape == (224, 224, 3)
 
 
 def test_no_face_in_a_blank_image() -> None:
@@ -66,10 +87,9 @@ def test_a_real_face_is_aligned() -> None:
     if not folder.is_dir():
         pytest.skip(f"real face photos not found at {folder} (../shared is absent)")
     photo = next(iter(sorted(next(iter(sorted(folder.iterdir()))).glob("*.jpg"))))
-    image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
     with FaceAligner() as aligner:
-        result = aligner.align(image)
+        result = aligner.align(read_image_file(photo))
     assert result.faces_found == 1 and result.face is not None
-    assert result.face.crop.shape == (160, 160, 3)
+    assert result.face.crop.shape == (112, 112, 3)
     assert result.face.face_width_px > 20
     assert 0.2 < (result.face.mask > 0).mean() < 0.95

@@ -115,6 +115,25 @@ def augmentation(seed: int | None = None) -> A.Compose:
     )
 
 
+def door_augmentation(seed: int | None = None) -> A.Compose:
+    """What a door camera changes between frames of one person: small shifts, lighting, grey, low resolution.
+
+    Mild enough that a distillation teacher's vector still holds for the changed crop (the
+    teacher embeds every photo with its mirror image, so a flip changes nothing); the burst
+    evaluation makes its extra frames with it too.
+    """
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(translate_percent=(-0.04, 0.04), scale=(0.95, 1.05), rotate=(-6, 6), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+            A.ToGray(p=0.1),
+            A.Downscale(scale_range=(0.4, 0.8), p=0.15),
+        ],
+        seed=seed,
+    )
+
+
 @dataclass(frozen=True)
 class Split:
     """An identity-disjoint train / validation split, reproducible from its seed."""

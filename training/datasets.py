@@ -7,8 +7,7 @@ person (CelebA's aligned and in-the-wild subsets share identity numbers).
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,14 +47,15 @@ def read_identity_list(list_file: Path, images_dir: Path, source: str | None = N
             yield ImageRecord(images_dir / parts[0], parts[1], name)
 
 
-def write_records(records: Iterable[ImageRecord], path: Path) -> None:
-    with Path(path).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "identity", "source"])
-        for r in records:
-            writer.writerow([str(r.path), r.identity, r.source])
+UNLABELED = ""  # the identity of a photo whose person is unknown (distillation data)
 
 
-def read_records(path: Path) -> list[ImageRecord]:
-    with Path(path).open(newline="") as handle:
-        return [ImageRecord(Path(row["path"]), row["identity"], row["source"]) for row in csv.DictReader(handle)]
+def read_image_folder(root: Path, source: str | None = None) -> Iterator[ImageRecord]:
+    """Every image under ``root`` (recursively), with no identity: photos for distillation only."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} is not a directory")
+    name = source or (root.parent.name if root.name == "images" else root.name)
+    for image in sorted(root.rglob("*")):
+        if image.suffix.lower() in IMAGE_SUFFIXES and image.is_file():
+            yield ImageRecord(image, UNLABELED, name)

@@ -41,6 +41,7 @@ import numpy as np
 from app.vision.embedder import sha256_file
 from app.vision.fusion import fuse, l2_normalise
 from training.datasets import IMAGE_SUFFIXES
+from training.teacher import TEACHER_SHA256
 
 DEFAULT_NS = (1, 2, 3, 5, 7)
 EMBED_BATCH = 64
@@ -83,11 +84,18 @@ def load_model(path: Path) -> LoadedModel:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model {path} not found: train one with `python -m training.train` first")
+    digest = sha256_file(path)
+    if path.suffix == ".tflite" and digest == TEACHER_SHA256:
+        # The distillation teacher, measured on the same harness as the student it teaches.
+        from training.teacher import Teacher
+
+        teacher = Teacher(path, num_threads=min(2, os.cpu_count() or 1))
+        return LoadedModel(teacher.embed, 112, str(path), digest)
     if path.suffix == ".tflite":
         from app.vision.litert import LiteRTModel
 
         runner = LiteRTModel(path, num_threads=min(2, os.cpu_count() or 1))
-        return LoadedModel(runner, int(runner.input_shape[0]), str(path), sha256_file(path))
+        return LoadedModel(runner, int(runner.input_shape[0]), str(path), digest)
     if path.suffix != ".keras":
         raise ValueError(f"model {path}: expected a .keras or .tflite file")
     import keras
@@ -107,7 +115,7 @@ def load_model(path: Path) -> LoadedModel:
     def embed(batch: np.ndarray) -> np.ndarray:
         return np.asarray(forward(tf.convert_to_tensor(np.asarray(batch, dtype=np.float32))))
 
-    return LoadedModel(embed, size, str(path), sha256_file(path))
+    return LoadedModel(embed, size, str(path), digest)
 
 
 def degenerate_count(embeddings: np.ndarray) -> int:
@@ -546,19 +554,14 @@ class ImageResolver:
 
 
 def read_rgb(path: Path) -> np.ndarray | None:
-    """Decode like ``training.prepare`` does (grey, 16-bit and RGBA become RGB uint8)."""
-    import cv2
+    """Decode with the service's decoder, as ``training.prepare`` does; None when it refuses the file."""
+    from app.core.errors import ApiError
+    from app.vision.decode import read_image_file
 
-    from app.vision.align import to_rgb
-
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
+    try:
+        return read_image_file(path)
+    except ApiError:
         return None
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    if image.dtype != np.uint8:
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
-    return np.ascontiguousarray(to_rgb(image))
 
 
 def best_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:

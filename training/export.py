@@ -83,11 +83,24 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def history_summary(path: Path) -> dict[str, Any] | None:
-    """Epochs run and the best epoch (1-based, as the progress log counts) by validation loss."""
+    """Epochs run and the best epoch (1-based, as the progress log counts) by validation loss;
+    for a distillation run (rows by step), steps run and the best step by dev accuracy."""
     if not path.exists():
         return None
     with path.open(newline="") as handle:
-        rows = {int(float(r["epoch"])): r for r in csv.DictReader(handle)}  # a resumed epoch keeps its last row
+        table = list(csv.DictReader(handle))
+    if table and "step" in table[0]:
+        by_step = {int(r["step"]): r for r in table}
+        best_step = max(by_step, key=lambda k: float(by_step[k]["dev_accuracy"]))
+        last = max(by_step)
+        return {
+            "steps_run": last,
+            "images_seen": int(by_step[last]["images_seen"]),
+            "best_step": best_step,
+            "best_step_metrics": {k: float(v) for k, v in by_step[best_step].items() if k != "step"},
+            "last_step_metrics": {k: float(v) for k, v in by_step[last].items() if k != "step"},
+        }
+    rows = {int(float(r["epoch"])): r for r in table}  # a resumed epoch keeps its last row
     if not rows:
         return None
     scored = {e: float(r["val_loss"]) for e, r in rows.items() if r.get("val_loss") not in (None, "")}
@@ -128,7 +141,7 @@ def roundtrip_inputs(config: dict[str, Any], run: Path, size: int, seed: int = 0
 def collect_evaluations(eval_dirs: Sequence[Path], model_hashes: set[str]) -> dict[str, list[dict[str, Any]]]:
     """The protocol and pairs results found in ``eval_dirs``, each marked with whether it
     measured this very model (by the sha256 the evaluation recorded for its model file)."""
-    found: dict[str, list[dict[str, Any]]] = {"protocol": [], "pairs": []}
+    found: dict[str, list[dict[str, Any]]] = {"protocol": [], "pairs": [], "bursts": []}
     for directory in eval_dirs:
         hits = 0
         for kind in found:
@@ -142,7 +155,7 @@ def collect_evaluations(eval_dirs: Sequence[Path], model_hashes: set[str]) -> di
             result["measured_this_model"] = result.get("model_sha256") in model_hashes
             found[kind].append(result)
         if not hits:
-            raise FileNotFoundError(f"--eval {directory} holds neither protocol.json nor pairs.json")
+            raise FileNotFoundError(f"--eval {directory} holds none of protocol.json, pairs.json, bursts.json")
     return found
 
 
@@ -215,6 +228,28 @@ def burst_thresholds(protocol_results: list[dict[str, Any]]) -> tuple[dict[str, 
     return chosen, table
 
 
+def burst_table(burst_results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Threshold by (frames fused in the query, target FAR) from this model's first burst evaluation.
+
+    The service applies the row for the number of usable frames in a request, so a stranger
+    sending 16 frames meets the same false-accept rate as one sending 1.
+    """
+    own = [r for r in burst_results if r["measured_this_model"]]
+    if not own:
+        return None
+    result = own[0]
+    by_frames = {n: {far: point["threshold"] for far, point in row["by_far"].items()} for n, row in result["per_n"].items()}
+    tar = {n: {far: point["tar"] for far, point in row["by_far"].items()} for n, row in result["per_n"].items()}
+    return {
+        "template_frames": result["template_frames"],
+        "default_far": RECOMMENDED_FAR,
+        "source": f"{result['source']}: cache {result.get('cache_name')}, {result['people']} held-out people, "
+        f"{result['repetitions']} repetitions, query bursts of n frames against {result['template_frames']}-frame templates",
+        "by_frames": by_frames,
+        "tar": tar,
+    }
+
+
 def default_model_id(alpha: float, size: int, embedding_size: int, tflite_sha256: str, today: dt.date) -> str:
     return f"facegate-mnv2-{float(alpha)}-{size}-{embedding_size}-{today:%Y%m%d}-{tflite_sha256[:8]}"
 
@@ -270,6 +305,16 @@ def export_run(
         evaluations = collect_evaluations(eval_dirs, {sha256_file(model_file), hashes[SERVING_FILE]})
         single_image, by_far = recommended_threshold(evaluations["pairs"])
         burst, by_n = burst_thresholds(evaluations["protocol"])
+        bursts = burst_table(evaluations["bursts"])
+        if bursts is not None:
+            five = bursts["by_frames"].get(str(bursts["template_frames"]), {}).get(str(RECOMMENDED_FAR))
+            if five is not None:
+                burst = {
+                    "threshold": five,
+                    "far": RECOMMENDED_FAR,
+                    "fused_images": bursts["template_frames"],
+                    "source": bursts["source"],
+                }
         # The service compares a fused burst with a fused template: its threshold must come
         # from fused vectors. The single-image (pairs) threshold is kept for reference.
         recommended = burst or single_image
@@ -284,13 +329,15 @@ def export_run(
             "preprocessing": PREPROCESSING,
             "alignment_version": ALIGNMENT_VERSION,
             "embedding_size": embedding_size,
-            "distance": "sum((a-b)^2)/2 of L2-normalised vectors (0..1)",
+            "distance": "sum((a-b)^2)/2 of L2-normalised vectors, = 1 - cosine (0..1 for a ReLU head, 0..2 for a linear one)",
             "architecture": {
                 "backbone": "MobileNetV2",
                 "alpha": config.get("alpha"),
                 "input_size": size,
-                "pooling": "max",
-                "head": f"Dense({embedding_size}, relu) + L2 normalisation",
+                "pooling": config.get("pooling", "max"),
+                "head": f"Dense({embedding_size}, linear) + L2 normalisation"
+                if "loss" in config
+                else f"Dense({embedding_size}, relu) + L2 normalisation",
                 "embedding_size": embedding_size,
                 "trainable": config.get("trainable"),
                 "trainable_from": config.get("trainable_from"),
@@ -312,6 +359,22 @@ def export_run(
                 "batch_identities": config.get("bs"),
                 "learning_rate": config.get("lr"),
                 "cosine": config.get("cosine"),
+                **(
+                    {
+                        "method": "distillation",
+                        "loss": config.get("loss"),
+                        "pair_weight": config.get("pair_weight"),
+                        "steps": config.get("steps"),
+                        "batch": config.get("batch"),
+                        "teacher_labels": config.get("labels"),
+                        "unlabeled_images": config.get("unlabeled_images"),
+                        "unlabeled_fraction": config.get("unlabeled_fraction"),
+                        "dev_identities": config.get("dev_identities"),
+                        "heldout_identities": config.get("heldout_identities"),
+                    }
+                    if "loss" in config
+                    else {}
+                ),
                 "split_seed": config.get("split_seed"),
                 "val_fraction": config.get("val_fraction"),
                 "sources": cache_summary.get("by_source") if cache_summary else None,
@@ -323,6 +386,7 @@ def export_run(
             "thresholds_by_far": by_far,
             "single_image_threshold": single_image,
             "thresholds_by_fused_n": by_n,
+            "burst_thresholds": bursts,
             "tflite_max_abs_diff": diff,
             "tflite_roundtrip_inputs": crops_note,
             "library_versions": library_versions(),

@@ -5,7 +5,8 @@ person. Its label is the static ``2bs x 2bs`` mask from :func:`training.data.pai
 2 on the diagonal, 1 for the positive partner, 0 for every negative.
 
 Distances are the method's normalised Euclidean distance ``sum((a - b)^2) / 2``, which for
-unit vectors equals ``1 - a.b`` and lies in 0..1 for the non-negative vectors our head emits.
+unit vectors equals ``1 - a.b``: 0..1 for the non-negative vectors of the method's ReLU head,
+0..2 for vectors on the whole sphere (the distilled embedder's).
 """
 
 from __future__ import annotations
@@ -32,13 +33,15 @@ def distance_matrix(embeddings: tf.Tensor) -> tf.Tensor:
 def pair_terms(mask: tf.Tensor, embeddings: tf.Tensor, negative_clip: float = NEGATIVE_CLIP) -> tuple[tf.Tensor, tf.Tensor]:
     """Per-row positive distance and clipped hardest-negative distance.
 
-    ``min(D + mask)`` pushes the diagonal (+2) and the partner (+1) above every negative,
-    because distances stay within 0..1. Clipping at ``negative_clip`` stops the loss from
+    The method's ``min(D + mask)`` pushes the diagonal (+2) and the partner (+1) above every
+    negative when distances stay within 0..1 (non-negative vectors); embeddings on the whole
+    sphere reach 2, so the masked entries are lifted above any distance instead (the same
+    result in the method's regime). Clipping at ``negative_clip`` stops the loss from
     pushing negatives apart once they are far enough; dividing by it maps them to 0..1.
     """
     mask = tf.cast(mask, tf.float32)
     dist = distance_matrix(embeddings)
-    hardest_negative = tf.reduce_min(dist + mask, axis=1)
+    hardest_negative = tf.reduce_min(tf.where(mask > 0.0, 4.0, dist), axis=1)
     negative = tf.minimum(hardest_negative, negative_clip) / negative_clip
     positive = tf.reduce_sum(dist * tf.cast(tf.equal(mask, 1.0), tf.float32), axis=1)
     return positive, negative

@@ -28,8 +28,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from app.vision.align import ALIGNMENT_VERSION, DEFAULT_CROP_SIZE, FaceAligner, to_rgb
-from training.datasets import ImageRecord, read_folder_tree, read_identity_list
+from app.core.errors import ApiError
+from app.vision.align import ALIGNMENT_VERSION, DEFAULT_CROP_SIZE, FaceAligner
+from app.vision.decode import read_image_file
+from training.datasets import ImageRecord, read_folder_tree, read_identity_list, read_image_folder
 
 _worker_aligner: FaceAligner | None = None
 
@@ -69,14 +71,11 @@ def _init_worker(size: int) -> None:
 
 def _align_one(path: str) -> tuple[str, np.ndarray | None, str | None]:
     assert _worker_aligner is not None
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        return path, None, "decode_error"
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    if image.dtype != np.uint8:
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
-    result = _worker_aligner.align(to_rgb(image), pick_largest=True)
+    try:
+        image = read_image_file(path)
+    except ApiError as exc:
+        return path, None, exc.code
+    result = _worker_aligner.align(image, pick_largest=True)
     if result.face is None:
         return path, None, "no_face"
     return path, result.face.crop, None
@@ -146,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar=("LIST_FILE", "IMAGES_DIR"),
         help="a CelebA-style '<file> <identity>' list and the folder its files are in (repeatable)",
     )
+    parser.add_argument(
+        "--images", type=Path, action="append", default=[], help="a folder of unlabeled photos, for distillation (repeatable)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="cache directory to write")
     parser.add_argument("--size", type=int, default=DEFAULT_CROP_SIZE)
     parser.add_argument("--workers", type=int, default=None)
@@ -154,10 +156,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     records: list[ImageRecord] = []
     for tree in args.tree:
         records.extend(read_folder_tree(tree))
+    for folder in args.images:
+        records.extend(read_image_folder(folder))
     for list_file, images_dir in args.list:
         records.extend(read_identity_list(Path(list_file), Path(images_dir)))
     if not records:
-        parser.error("no images: give at least one --tree or --list")
+        parser.error("no images: give at least one --tree, --images or --list")
     if args.limit:
         records = records[: args.limit]
     summary = prepare(records, args.out, size=args.size, workers=args.workers)

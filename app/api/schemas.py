@@ -115,10 +115,15 @@ class DeletionDone(BaseModel):
 
 
 class ThresholdPublic(BaseModel):
-    threshold: float
-    source: Literal["stored", "default"]
-    default: float
+    threshold: float = Field(description="in force for a burst of `template_frames` frames")
+    source: Literal["stored", "default"] = Field(description="stored: an admin's distance, used for every burst size")
+    default: float = Field(description="the model's threshold for a burst of `template_frames` frames")
     model_id: str
+    template_frames: int = Field(description="frames fused into a template at enrolment")
+    default_far: float | None = Field(description="the false-accept rate the model's thresholds are set at")
+    default_by_frames: dict[int, float] | None = Field(
+        description="the model's threshold for each number of usable frames fused in a request"
+    )
 
 
 class ThresholdUpdate(BaseModel):
@@ -140,7 +145,9 @@ class CalibrateRequest(BaseModel):
 class CalibratePublic(BaseModel):
     templates_used: int
     min_negative_distance: float | None = Field(description="smallest distance between two enrolled people (the origin's rule)")
-    manifest_far_threshold: float | None = Field(description="the model manifest's threshold for target_far, if it carries one")
+    manifest_far_threshold: float | None = Field(
+        description="the model's threshold for target_far on bursts of a template's number of frames, if it carries one"
+    )
     recommended: float | None
     method: str
     applied: bool

@@ -1,11 +1,15 @@
 """Face alignment with MediaPipe Face Mesh: the one function training and serving share.
 
-The method's alignment (see ``../shared/reference/method.md``): find the 468 Face Mesh
-landmarks, rotate so the two eye centres are level, keep only the convex hull of the
-landmarks, crop tightly to them, pad to a square and resize to 160x160.
+Face Mesh finds 468 landmarks; five of them (the two eye centres, the nose tip and the two
+mouth corners) are mapped by a least-squares similarity transform (rotation, uniform scale,
+translation) onto the standard 112x112 five-point template that most face recognisers,
+our distillation teacher among them, were trained on. The student embedder is trained on
+exactly these crops, so the teacher and the student see the same pixels, and so does the
+service.
 
-Rotation, crop, padding and resize are folded into a single affine warp straight to the
-output size, so a 640x480 frame costs one Face Mesh call and one small ``warpAffine``.
+The convex hull of the landmarks is kept as a mask in crop coordinates: quality checks
+measure sharpness and brightness on the face alone, not on the background.
+
 Any change to this geometry changes the learned distances: bump ``ALIGNMENT_VERSION`` and
 retrain, because a model only transfers to crops made the way its training crops were.
 """
@@ -19,18 +23,28 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-ALIGNMENT_VERSION = "facemesh-hull-v1"
-DEFAULT_CROP_SIZE = 160
+ALIGNMENT_VERSION = "facemesh-5pt-v1"
+DEFAULT_CROP_SIZE = 112
+
+# The five-point template for a 112x112 crop (InsightFace / ArcFace): image-left eye,
+# image-right eye, nose tip, image-left mouth corner, image-right mouth corner.
+TEMPLATE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+NOSE_TIP = 1
+# Mouth corners; MediaPipe numbers them from the subject's point of view.
+MOUTH_IMAGE_LEFT, MOUTH_IMAGE_RIGHT = 61, 291
 
 
 @lru_cache(maxsize=1)
 def _eye_indices() -> tuple[np.ndarray, np.ndarray]:
+    """(subject's left eye, subject's right eye) contour indices: image-right, image-left."""
     from mediapipe.python.solutions import face_mesh_connections as fmc
 
     def indices(connections: frozenset[tuple[int, int]]) -> np.ndarray:
         return np.array(sorted({i for pair in connections for i in pair}), dtype=np.int64)
 
-    # MediaPipe names eyes from the subject's point of view: "left" is on the image's right.
     return indices(fmc.FACEMESH_LEFT_EYE), indices(fmc.FACEMESH_RIGHT_EYE)
 
 
@@ -38,7 +52,7 @@ def _eye_indices() -> tuple[np.ndarray, np.ndarray]:
 class AlignedFace:
     """One face found in an image, aligned to the training template."""
 
-    crop: np.ndarray  # (size, size, 3) uint8 RGB, black outside the landmark hull
+    crop: np.ndarray  # (size, size, 3) uint8 RGB
     mask: np.ndarray  # (size, size) uint8, 255 inside the landmark hull
     face_width_px: float  # landmark box width in the source image, after levelling
     eye_distance_px: float  # distance between the eye centres in the source image
@@ -51,42 +65,55 @@ class AlignmentResult:
     face: AlignedFace | None  # set only when exactly one face was found
 
 
-def _affine_to_crop(landmarks: np.ndarray, size: int) -> tuple[np.ndarray, float, float, float]:
-    """Affine matrix mapping source pixels to the square output crop.
+def five_points(landmarks: np.ndarray) -> np.ndarray:
+    """(5, 2) template points from (468, 2) Face Mesh landmarks, in the template's order."""
+    subject_left, subject_right = _eye_indices()
+    return np.stack(
+        [
+            landmarks[subject_right].mean(axis=0),  # image-left eye
+            landmarks[subject_left].mean(axis=0),  # image-right eye
+            landmarks[NOSE_TIP],
+            landmarks[MOUTH_IMAGE_LEFT],
+            landmarks[MOUTH_IMAGE_RIGHT],
+        ]
+    )
 
-    Returns (matrix, roll in degrees, face width in px, eye distance in px).
-    """
-    left_idx, right_idx = _eye_indices()
-    left_eye = landmarks[left_idx].mean(axis=0)
-    right_eye = landmarks[right_idx].mean(axis=0)
-    # Image-left eye (subject's right) to image-right eye (subject's left).
-    dx, dy = left_eye - right_eye
-    angle = float(np.degrees(np.arctan2(dy, dx)))
-    eye_distance = float(np.hypot(dx, dy))
-    centre = (right_eye + left_eye) / 2.0
-    rotation = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, 1.0)
-    levelled = landmarks @ rotation[:, :2].T + rotation[:, 2]
-    x0, y0 = levelled.min(axis=0)
-    x1, y1 = levelled.max(axis=0)
-    width, height = x1 - x0, y1 - y0
-    side = max(width, height, 1.0)
-    # Pad the short side so the tight landmark box sits centred in a square.
-    sx0 = x0 - (side - width) / 2.0
-    sy0 = y0 - (side - height) / 2.0
-    scale = size / side
-    to_crop = np.array([[scale, 0.0, -sx0 * scale], [0.0, scale, -sy0 * scale], [0, 0, 1.0]])
-    full = to_crop @ np.vstack([rotation, [0.0, 0.0, 1.0]])
-    return full[:2], angle, float(width), eye_distance
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2x3 least-squares similarity transform taking ``src`` points onto ``dst`` (Umeyama, 1991),
+    without reflection."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    covariance = dst_c.T @ src_c / len(src)
+    u, s, vt = np.linalg.svd(covariance)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[-1] = -1.0
+    rotation = u @ np.diag(d) @ vt
+    variance = (src_c**2).sum() / len(src)
+    scale = float((s * d).sum() / variance) if variance > 0 else 1.0
+    matrix = np.empty((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = dst_mean - matrix[:, :2] @ src_mean
+    return matrix
+
+
+def template_for(size: int) -> np.ndarray:
+    return TEMPLATE_112 * (size / 112.0)
 
 
 def align_landmarks(image_rgb: np.ndarray, landmarks: np.ndarray, size: int = DEFAULT_CROP_SIZE) -> AlignedFace:
-    """Warp one face to the template given its (468, 2) landmarks in source pixels."""
-    matrix, angle, width, eye_distance = _affine_to_crop(landmarks, size)
+    """Warp one face onto the five-point template given its (468, 2) landmarks in source pixels."""
+    points = five_points(landmarks)
+    matrix = similarity_transform(points, template_for(size))
+    scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+    roll = float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0])))
     crop = cv2.warpAffine(
         image_rgb,
         matrix,
         (size, size),
-        flags=cv2.INTER_AREA if matrix[0, 0] < 1 else cv2.INTER_LINEAR,
+        flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=(0, 0, 0),
     )
@@ -94,8 +121,9 @@ def align_landmarks(image_rgb: np.ndarray, landmarks: np.ndarray, size: int = DE
     hull = cv2.convexHull(np.round(projected).astype(np.int32))
     mask = np.zeros((size, size), dtype=np.uint8)
     cv2.fillConvexPoly(mask, hull, (255,))
-    crop = cv2.bitwise_and(crop, crop, mask=mask)
-    return AlignedFace(crop=crop, mask=mask, face_width_px=width, eye_distance_px=eye_distance, roll_degrees=angle)
+    width = float(np.ptp(projected[:, 0])) / max(scale, 1e-9)
+    eye_distance = float(np.hypot(*(points[1] - points[0])))
+    return AlignedFace(crop=crop, mask=mask, face_width_px=width, eye_distance_px=eye_distance, roll_degrees=-roll)
 
 
 class FaceAligner:
@@ -164,12 +192,3 @@ class FaceAligner:
             return AlignmentResult(faces_found=len(faces), face=None)
         chosen = max(faces, key=lambda f: float(np.ptp(f[:, 0]) * np.ptp(f[:, 1])))
         return AlignmentResult(faces_found=len(faces), face=align_landmarks(image_rgb, chosen, self.size))
-
-
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """Grey or RGBA arrays to RGB uint8, so every source looks the same to Face Mesh."""
-    if image.ndim == 2:
-        return np.stack([image] * 3, axis=-1)
-    if image.shape[2] == 4:
-        return np.ascontiguousarray(image[:, :, :3])
-    return image

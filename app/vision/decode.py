@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -51,3 +52,17 @@ def decode_frame(data: bytes, index: int, max_bytes: int, max_pixels: int) -> np
             422, "corrupt_image", f"frame {index} could not be decoded ({exc.__class__.__name__}): truncated or damaged", where
         ) from exc
     return np.asarray(rgb, dtype=np.uint8)
+
+
+# Dataset photos are trusted but still bounded: a stray 100-megapixel scan is refused, not decoded.
+FILE_MAX_BYTES = 64 * 1024 * 1024
+FILE_MAX_PIXELS = 40_000_000
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """A photo file -> RGB uint8, through the same decoder (and EXIF orientation) as uploaded frames.
+
+    Training, evaluation and tests read photos with this, so they see the pixels serving sees.
+    Raises :class:`ApiError` with the decoder's stable code when the file is not a usable image.
+    """
+    return decode_frame(Path(path).read_bytes(), 0, FILE_MAX_BYTES, FILE_MAX_PIXELS)

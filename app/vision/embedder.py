@@ -14,6 +14,13 @@ from app.vision.align import ALIGNMENT_VERSION
 from app.vision.litert import LiteRTModel
 
 
+def _lookup_far(table: dict[str, Any], far: float) -> float | None:
+    for key, value in table.items():
+        if value is not None and abs(float(key) - far) < 1e-12:
+            return float(value)
+    return None
+
+
 class ModelPackageError(RuntimeError):
     """The model package is missing, corrupt or does not fit this service."""
 
@@ -71,11 +78,37 @@ class ModelPackage:
         return float(value) if value is not None else None
 
     def threshold_for_far(self, far: float) -> float | None:
-        table = self.manifest.get("thresholds_by_far") or {}
-        for key, value in table.items():
-            if value is not None and abs(float(key) - far) < 1e-12:
-                return float(value)
-        return None
+        """The single-image (photo pair) threshold at this FAR: for reference, not for bursts."""
+        return _lookup_far(self.manifest.get("thresholds_by_far") or {}, far)
+
+    @property
+    def burst_table(self) -> dict[str, Any] | None:
+        table = self.manifest.get("burst_thresholds")
+        return table if isinstance(table, dict) and table.get("by_frames") else None
+
+    @property
+    def template_frames(self) -> int:
+        table = self.burst_table
+        return int(table["template_frames"]) if table else 5
+
+    @property
+    def default_far(self) -> float | None:
+        table = self.burst_table
+        return float(table["default_far"]) if table else None
+
+    def threshold_for_frames(self, frames: int, far: float | None = None) -> float | None:
+        """The burst threshold for a query of ``frames`` fused frames at ``far`` (default: the package's).
+
+        Bursts longer than the longest measured row use that row: fused distances settle as
+        frames are added, and the longest row is the strictest.
+        """
+        table = self.burst_table
+        if table is None:
+            return None
+        rows = table["by_frames"]
+        longest = max(int(n) for n in rows)
+        row = rows.get(str(min(max(int(frames), 1), longest))) or {}
+        return _lookup_far(row, float(table["default_far"]) if far is None else far)
 
     @classmethod
     def open(cls, path: Path) -> ModelPackage:

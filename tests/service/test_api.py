@@ -36,16 +36,23 @@ from tests.service.inputs import grey_jpeg, random_bytes, seed_person, store_cou
 
 
 def test_threshold_get_and_put(admin: TestClient, clean_runtime: Runtime) -> None:
-    default = clean_runtime.default_threshold()
-    assert admin.get("/v1/threshold").json() == {
-        "threshold": default,
-        "source": "default",
+    rt = clean_runtime
+    default = rt.default_threshold()
+    table = rt.package.burst_table
+    assert table is not None, "the shipped model must carry thresholds by frames fused"
+    by_frames = {str(n): rt.package.threshold_for_frames(int(n)) for n in table["by_frames"]}
+    model_part = {
         "default": default,
-        "model_id": clean_runtime.model_id,
+        "model_id": rt.model_id,
+        "template_frames": 5,
+        "default_far": 0.001,
+        "default_by_frames": by_frames,
     }
+    assert admin.get("/v1/threshold").json() == {"threshold": default, "source": "default", **model_part}
+    assert default == by_frames["5"]
     put = admin.put("/v1/threshold", json={"threshold": 0.25})
     assert put.status_code == 200, put.text
-    assert put.json() == {"threshold": 0.25, "source": "stored", "default": default, "model_id": clean_runtime.model_id}
+    assert put.json() == {"threshold": 0.25, "source": "stored", **model_part}
     assert admin.get("/v1/threshold").json()["threshold"] == 0.25
     event = admin.get("/v1/events", params={"kind": "threshold"}).json()["data"][0]
     assert event["threshold"] == 0.25 and event["reason"] == f"was {default:.6f}"
@@ -73,17 +80,22 @@ def test_calibrate(admin: TestClient, clean_runtime: Runtime) -> None:
 
     applied = admin.post("/v1/threshold/calibrate", json={"method": "min_negative", "apply": True}).json()
     assert applied["applied"] is True and applied["threshold"] == pytest.approx(0.5, abs=1e-5)
-    assert admin.get("/v1/threshold").json() | {"threshold": 0.5} == {
-        "threshold": 0.5,
-        "source": "stored",
-        "default": default,
-        "model_id": rt.model_id,
-    }
+    now = admin.get("/v1/threshold").json()
+    assert (now["threshold"], now["source"], now["default"], now["model_id"]) == (
+        pytest.approx(0.5, abs=1e-5),
+        "stored",
+        default,
+        rt.model_id,
+    )
 
+    # target_far answers with the threshold the service applies to 5-frame bursts (a template's
+    # worth) at that FAR, never the single-photo threshold: strangers' fused bursts lie closer.
     far = admin.post("/v1/threshold/calibrate", json={"method": "target_far", "target_far": 0.001}).json()
-    assert far["manifest_far_threshold"] == rt.package.threshold_for_far(0.001)
-    assert far["recommended"] == far["manifest_far_threshold"]
+    assert far["recommended"] == far["manifest_far_threshold"] == default == rt.package.threshold_for_frames(5)
+    assert far["recommended"] != rt.package.threshold_for_far(0.001)
     assert far["applied"] is False
+    stricter = admin.post("/v1/threshold/calibrate", json={"method": "target_far", "target_far": 0.0001}).json()
+    assert stricter["recommended"] is not None and stricter["recommended"] < far["recommended"]
 
     for bad in ({"method": "guess"}, {"sample": 1}, {"target_far": 0}, {"target_far": 1.5}, {"apply": "maybe"}, {"extra": 1}):
         refused = admin.post("/v1/threshold/calibrate", json=bad)

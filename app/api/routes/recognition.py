@@ -40,13 +40,16 @@ def identify(
     decision = recognition.identify(runtime, session, read_frames(frames, runtime))
     person = session.get(Person, decision.best.person_id) if decision.granted and decision.best else None
     audit_decision(session, request, principal, "identify", decision, runtime, door_id)
+    # A denied door gets no distance or margin: numbers that would let a stranger hill-climb
+    # towards someone's template. Admins (and the audit log) still see them.
+    reveal = decision.granted or principal.scope == "admin"
     return IdentifyPublic(
         decision="granted" if decision.granted else "denied",
         reason=decision.reason,
         person=PersonRef(id=person.id, name=person.name) if person else None,
-        distance=round(decision.best.distance, 6) if decision.best else None,
+        distance=round(decision.best.distance, 6) if decision.best and reveal else None,
         threshold=decision.threshold,
-        margin=round(decision.margin, 6) if decision.margin is not None else None,
+        margin=round(decision.margin, 6) if decision.margin is not None and reveal else None,
         model_id=runtime.model_id,
         frames_used=decision.burst.used,
         frames=frames_public(decision.burst),
@@ -76,11 +79,12 @@ def verify(
     person = session.get(Person, person_id)
     assert person is not None
     audit_decision(session, request, principal, "verify", decision, runtime, door_id, person_id=person_id)
+    reveal = decision.granted or principal.scope == "admin"
     return VerifyPublic(
         decision="granted" if decision.granted else "denied",
         reason=decision.reason,
         person=PersonRef(id=person.id, name=person.name),
-        distance=round(d, 6) if d is not None else None,
+        distance=round(d, 6) if d is not None and reveal else None,
         threshold=decision.threshold,
         model_id=runtime.model_id,
         frames_used=decision.burst.used,

@@ -17,11 +17,15 @@ router = APIRouter(prefix="/v1/threshold", tags=["threshold"])
 
 def _public(runtime: RuntimeDep, session: SessionDep) -> ThresholdPublic:
     stored = crud.stored_threshold(session)
+    table = runtime.package.burst_table
     return ThresholdPublic(
         threshold=runtime.threshold(session),
         source="stored" if stored is not None else "default",
         default=runtime.default_threshold(),
         model_id=runtime.model_id,
+        template_frames=runtime.package.template_frames,
+        default_far=runtime.package.default_far,
+        default_by_frames=None if table is None else {int(n): runtime.default_threshold(int(n)) for n in table["by_frames"]},
     )
 
 
@@ -49,15 +53,16 @@ def put_threshold(
 )
 def calibrate(request: Request, body: CalibrateRequest, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> CalibratePublic:
     """Two rules: `min_negative`, the origin's smallest distance between two enrolled people
-    (every pair of templates is a negative pair), and `target_far`, the model manifest's
-    threshold for that false-accept rate. Applied only when `apply` is true."""
+    (every pair of templates is a negative pair), and `target_far`, the model's measured
+    threshold for that false-accept rate on bursts of a template's number of frames (the
+    threshold the service applies to such bursts by default). Applied only when `apply` is true."""
     sample = crud.sample_templates(session, runtime.model_id, body.sample)
     min_negative = None
     if len(sample) >= 2:
         d = pairwise_distances(sample)
         d[np.diag_indices_from(d)] = np.inf
         min_negative = float(d.min())
-    manifest_t = runtime.package.threshold_for_far(body.target_far)
+    manifest_t = runtime.package.threshold_for_frames(runtime.package.template_frames, body.target_far)
     recommended = manifest_t if body.method == "target_far" else min_negative
     applied = False
     if body.apply and recommended is not None and 0.0 < recommended < 1.0:

@@ -1,0 +1,136 @@
+"""Distillation: the loss on hand-worked vectors, and the training CLI end to end on a tiny dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training import distill
+from training.teacher import TEACHER_DIM
+
+IDENTITIES = [f"person{i:02d}" for i in range(12)]
+
+
+def test_distill_loss_on_hand_worked_vectors() -> None:
+    """Rows: identical (cos 1 -> 0), orthogonal (cos 0 -> 1), opposite (cos -1 -> 2), 60 degrees (cos .5 -> .5)."""
+    s = tf.constant([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    t = tf.constant([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+    assert float(distill.distill_loss(s, t, tf.ones(4))) == pytest.approx((0 + 1 + 2 + 0.5) / 4)
+    # Rows without a teacher label (weight 0) count for nothing: (0 + 1) / 2.
+    assert float(distill.distill_loss(s, t, tf.constant([1.0, 1.0, 0.0, 0.0]))) == pytest.approx(0.5)
+    # A batch with no labelled row gives 0, not NaN.
+    assert float(distill.distill_loss(s, t, tf.zeros(4))) == 0.0
+
+
+def test_verification_accuracy_is_exact_on_separable_and_chance_on_identical_vectors() -> None:
+    owners = np.repeat(np.arange(6), 3)
+    separable = np.eye(6)[owners].astype(np.float32)
+    assert distill.verification_accuracy(separable, owners) == 1.0
+    same_everywhere = np.ones((len(owners), 4), np.float32) / 2
+    assert distill.verification_accuracy(same_everywhere, owners) == pytest.approx(0.5)
+
+
+def test_subset_is_nested() -> None:
+    rows = np.arange(100)
+    half, all_ = distill.subset(rows, 0.5, 1), distill.subset(rows, 1.0, 1)
+    assert len(half) == 50 and set(half) <= set(all_) and len(distill.subset(rows, 0.0, 1)) == 0
+    assert set(distill.subset(rows, 0.25, 1)) <= set(half)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A crop cache (12 people x 3 crops + 10 unlabeled) under a data root, and teacher labels for it.
+
+    Each person's teacher vector is one random direction plus noise; the unlabeled photos get
+    their own; one unlabeled photo has no label (the teacher found no face).
+    """
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    crops, rows, vectors = [], [], []
+    centres = {i: rng.normal(size=TEACHER_DIM) for i in IDENTITIES}
+    for identity in IDENTITIES:
+        for k in range(3):
+            crops.append(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+            rows.append((f"faces/{identity}/{k}.jpg", identity, "faces"))
+            vectors.append(centres[identity] + 0.3 * rng.normal(size=TEACHER_DIM))
+    for k in range(10):
+        crops.append(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+        rows.append((f"unlabeled/{k}.jpg", "", "unlabeled"))
+        vectors.append(rng.normal(size=TEACHER_DIM))
+    cache = root / "crops"
+    cache.mkdir()
+    np.save(cache / "crops.npy", np.stack(crops))
+    with (cache / "index.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "path", "identity", "source"])
+        writer.writerows((i, str(root / p), ident, src) for i, (p, ident, src) in enumerate(rows))
+    labels = root / "labels" / "teacher-0123456789abcdef"
+    labels.mkdir(parents=True)
+    (labels / "teacher.json").write_text(json.dumps({"sha256": "0123456789abcdef" * 4}))
+    v = np.array(vectors, np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    np.savez(
+        labels / "shard-00000.npz",
+        keys=np.array([p for p, _, _ in rows[:-1]]),
+        vectors=v[:-1],
+        failed_keys=np.array([rows[-1][0]]),
+        failed_reasons=np.array(["no_face"]),
+    )
+    return root, cache, root / "labels"
+
+
+def run_args(data: tuple[Path, Path, Path], out: Path, loss: str, steps: int, *extra: str) -> list[str]:
+    root, cache, labels = data
+    return [
+        *("--cache", str(cache), "--labels", str(labels), "--root", str(root), "--out", str(out)),
+        *("--loss", loss, "--steps", str(steps), "--batch", "8", "--no-pretrained", "--alpha", "0.35"),
+        *("--trainable-from", "all", "--val-fraction", "0.2", "--dev-fraction", "0.25", "--split-seed", "3"),
+        *("--log-every", "1", "--eval-every", "2", "--checkpoint-every", "2", "--warmup", "1"),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("loss", ["both", "distill", "pair"])
+def test_each_loss_trains_and_writes_the_run(tiny_data: tuple[Path, Path, Path], tmp_path: Path, loss: str) -> None:
+    out = tmp_path / loss
+    final = distill.distill(distill.parse_args(run_args(tiny_data, out, loss, 2)))
+    assert final.exists() and (out / "best.keras").exists()
+    progress = list(csv.DictReader((out / "progress.csv").open()))
+    assert [int(r["step"]) for r in progress] == [1, 2]
+    assert all(math.isfinite(float(r["loss"])) for r in progress)
+    assert (float(progress[0]["pair"]) == 0.0) == (loss == "distill")
+    assert (float(progress[0]["distill"]) > 0.0) or loss == "pair"
+    config = json.loads((out / "config.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    # Held-out and dev people are never trained on; unlabeled photos with a label are used.
+    assert config["train_identities"] + config["dev_identities"] + len(split["val"]) == len(IDENTITIES)
+    assert config["unlabeled_images"] == 9
+    history = list(csv.DictReader((out / "history.csv").open()))
+    assert [int(r["step"]) for r in history] == [2]
+    assert 0.0 <= float(history[0]["dev_accuracy"]) <= 1.0
+
+
+def test_resumes_from_the_checkpoint(tiny_data: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    stopped = distill.distill(distill.parse_args(run_args(tiny_data, out, "both", 4, "--stop-after", "2")))
+    assert stopped.name == "ckpt" and not (out / "final.keras").exists()
+    with pytest.raises(ValueError, match="other settings"):
+        distill.distill(distill.parse_args(run_args(tiny_data, out, "distill", 4)))
+    # The same command continues where the run stopped: two more steps, not four.
+    assert distill.distill(distill.parse_args(run_args(tiny_data, out, "both", 4))).name == "final.keras"
+    steps = [int(r["step"]) for r in csv.DictReader((out / "progress.csv").open())]
+    assert steps == [1, 2, 3, 4]
+    lrs = [float(r["lr"]) for r in csv.DictReader((out / "progress.csv").open())]
+    assert lrs[-1] < lrs[1]  # the schedule continued; it did not restart
+
+
+def test_unlabeled_fraction_zero_uses_no_unlabeled_photo(tiny_data: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "none"
+    distill.distill(distill.parse_args(run_args(tiny_data, out, "both", 1, "--unlabeled-fraction", "0")))
+    assert json.loads((out / "config.json").read_text())["unlabeled_images"] == 0

@@ -1,0 +1,378 @@
+"""Distil the teacher into our MobileNetV2: the student learns to reproduce the teacher's embedding.
+
+    python -m training.distill --cache var/crops/train --labels var/teacher/labels \\
+        --root ../shared/data --out runs/distill --loss both --steps 6000
+
+Every step takes one batch of ``--batch`` aligned crops and minimises, by ``--loss``:
+
+- ``distill``: the cosine distance between the student's unit vector and the teacher's, over
+  crops from labelled and unlabeled photos alike;
+- ``pair``: the method's pair loss on a pair batch (``batch / 2`` identities, two photos each);
+- ``both``: a pair batch of ``batch / 4`` identities plus ``batch / 2`` unlabeled crops, with the
+  distillation loss on every crop and ``--pair-weight`` times the pair loss on the pair batch.
+
+Identities are split as ``training.train`` splits them (hash of seed and identity, so the
+held-out people never move); a further ``--dev-fraction`` of the training identities is kept
+out of training to follow progress (``history.csv``: distance to the teacher and verification
+accuracy on dev people, against images seen). The held-out people are never looked at here.
+
+The run directory holds ``config.json``, ``split.json``, ``ckpt/`` (model, optimiser and step,
+written every ``--checkpoint-every`` steps), ``progress.csv``, ``history.csv``, ``best.keras``
+(best dev accuracy) and ``final.keras``. The same command resumes an interrupted run from its
+last checkpoint; the learning-rate schedule and the data order continue where they stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.data import PairBatches, door_augmentation, pair_mask, rows_by_identity, split_identities
+from training.datasets import UNLABELED
+from training.losses import pair_loss
+from training.model import DEFAULT_WEIGHTS, build_embedder, recalibrate_batchnorm
+from training.prepare import CropCache
+from training.teacher import load_labels
+
+LOSSES = ("both", "distill", "pair")
+
+
+def distill_loss(student: tf.Tensor, teacher: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+    """Weighted mean cosine distance ``1 - s.t`` between unit vectors; rows of weight 0 count for nothing."""
+    cosine = tf.reduce_sum(student * teacher, axis=-1)
+    return tf.reduce_sum((1.0 - cosine) * weight) / tf.maximum(tf.reduce_sum(weight), 1.0)
+
+
+@dataclass
+class DistillData:
+    crops: np.ndarray  # (N, s, s, 3) uint8
+    teacher: np.ndarray  # (N, 192) float32; zero where the teacher has no label
+    has_teacher: np.ndarray  # (N,) bool
+    train_ids: dict[str, list[int]]
+    dev_ids: dict[str, list[int]]
+    unlabeled_rows: np.ndarray
+    heldout: list[str]
+
+    @property
+    def train_rows(self) -> np.ndarray:
+        return np.array(sorted(r for rows in self.train_ids.values() for r in rows), dtype=np.int64)
+
+
+def subset(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A fixed share of ``rows``; a smaller share is always inside a larger one (same seed)."""
+    if fraction >= 1.0:
+        return rows
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return np.sort(rows[order[: round(fraction * len(rows))]])
+
+
+def load_data(args: argparse.Namespace, out: Path) -> DistillData:
+    cache = CropCache.load(args.cache)
+    labels = load_labels(args.labels)
+    root = Path(args.root).resolve()
+    keys = [str(Path(p).resolve().relative_to(root)) for p in cache.paths]
+    teacher, found = labels.lookup(keys)
+    labelled = np.array([i != UNLABELED for i in cache.identities])
+    grouped = rows_by_identity(cache.identities[labelled])
+    labelled_rows = np.flatnonzero(labelled)
+    grouped = {k: [int(labelled_rows[r]) for r in v] for k, v in grouped.items()}
+    split = split_identities(grouped, args.val_fraction, args.split_seed)
+    split.save(out / "split.json")
+    train_part = {i: grouped[i] for i in split.train}
+    dev = split_identities(train_part, args.dev_fraction, args.split_seed + 1)
+    train_ids = {i: train_part[i] for i in dev.train}
+    if args.max_train_identities:
+        train_ids = {i: train_ids[i] for i in sorted(train_ids)[: args.max_train_identities]}
+    dev_ids = {i: train_part[i] for i in dev.val if len(train_part[i]) >= 2}
+    unlabeled = np.flatnonzero(~labelled & found)
+    return DistillData(
+        crops=cache.crops,
+        teacher=teacher,
+        has_teacher=found,
+        train_ids=train_ids,
+        dev_ids=dev_ids,
+        unlabeled_rows=subset(unlabeled, args.unlabeled_fraction, args.split_seed),
+        heldout=split.val,
+    )
+
+
+class Batches:
+    """Row indices (and how many lead as a pair batch) of every step, by loss mode, resumable by step."""
+
+    def __init__(self, data: DistillData, loss: str, batch: int, seed: int, start_step: int):
+        self.loss, self.batch = loss, batch
+        self.rng = np.random.default_rng([seed, start_step])
+        self.pair_bs = {"both": batch // 4, "pair": batch // 2, "distill": 0}[loss]
+        if self.pair_bs:
+            self.pairs = PairBatches(data.train_ids, bs=self.pair_bs, seed=seed + start_step)
+        train_rows = data.train_rows[data.has_teacher[data.train_rows]]
+        # Both: the rest of the batch is unlabeled photos; with none (the learning curve's 0 point), labelled ones.
+        self.pool = (
+            data.unlabeled_rows if loss == "both" and len(data.unlabeled_rows) else np.concatenate([train_rows, data.unlabeled_rows])
+        )
+
+    def __next__(self) -> np.ndarray:
+        if self.loss == "pair":
+            return next(self.pairs)
+        if self.loss == "distill":
+            return self.rng.choice(self.pool, size=self.batch, replace=False)
+        rows = next(self.pairs)
+        return np.concatenate([rows, self.rng.choice(self.pool, size=self.batch - len(rows), replace=False)])
+
+
+def batch_stream(data: DistillData, batches: Batches, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    aug = door_augmentation(seed)
+    while True:
+        rows = next(batches)
+        images = np.stack([aug(image=np.asarray(data.crops[r]))["image"] for r in rows]).astype(np.float32)
+        yield images, data.teacher[rows], data.has_teacher[rows].astype(np.float32)
+
+
+def verification_accuracy(vectors: np.ndarray, owners: np.ndarray, seed: int = 0) -> float:
+    """Best-threshold accuracy on every same-person pair and as many random different-person pairs."""
+    same_i, same_j = np.nonzero(np.triu(owners[:, None] == owners[None, :], k=1))
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, len(owners), size=(2, 4 * len(same_i)))
+    keep = owners[a] != owners[b]
+    a, b = a[keep][: len(same_i)], b[keep][: len(same_i)]
+    scores = np.concatenate([np.sum(vectors[same_i] * vectors[same_j], 1), np.sum(vectors[a] * vectors[b], 1)])
+    same = np.concatenate([np.ones(len(same_i)), np.zeros(len(a))])
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    # Accepting the top k scores: correct = accepted positives + rejected negatives. A threshold
+    # can only fall between two different scores, never inside a run of tied ones.
+    accepted_pos = np.concatenate([[0], np.cumsum(same[order])])
+    rejected_neg = (len(same) - same.sum()) - (np.arange(len(same) + 1) - accepted_pos)
+    cut = np.concatenate([[True], ranked[:-1] != ranked[1:], [True]])
+    return float((accepted_pos + rejected_neg)[cut].max() / len(same))
+
+
+@dataclass(frozen=True)
+class DevSet:
+    images: np.ndarray
+    teacher: np.ndarray
+    owners: np.ndarray
+    teacher_accuracy: float
+
+    @classmethod
+    def build(cls, data: DistillData, limit: int, seed: int) -> DevSet:
+        rows = np.array(sorted(r for rs in data.dev_ids.values() for r in rs if data.has_teacher[r]), dtype=np.int64)
+        if len(rows) > limit:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
+        owner_of = {r: i for i, rs in enumerate(data.dev_ids.values()) for r in rs}
+        owners = np.array([owner_of[int(r)] for r in rows])
+        teacher = data.teacher[rows]
+        return cls(np.asarray(data.crops[rows], dtype=np.float32), teacher, owners, verification_accuracy(teacher, owners, seed))
+
+    def evaluate(self, model: keras.Model) -> dict[str, float]:
+        vectors = np.concatenate([np.asarray(model(self.images[i : i + 128], training=False)) for i in range(0, len(self.images), 128)])
+        return {
+            "dev_distance_to_teacher": float(np.mean(1.0 - np.sum(vectors * self.teacher, axis=1))),
+            "dev_accuracy": verification_accuracy(vectors, self.owners),
+            "dev_teacher_accuracy": self.teacher_accuracy,
+        }
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, peak: float, warmup: int, total: int):
+        self.peak, self.warmup, self.total = peak, max(warmup, 1), max(total, 1)
+
+    def __call__(self, step: Any) -> Any:
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * (step + 1.0) / self.warmup
+        progress = tf.clip_by_value((step - self.warmup) / max(self.total - self.warmup, 1), 0.0, 1.0)
+        cosine = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        return tf.where(step < self.warmup, warm, cosine)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "warmup": self.warmup, "total": self.total}
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def distill(args: argparse.Namespace) -> Path:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    if config_path.exists():
+        previous = json.loads(config_path.read_text())
+        changed = {
+            k
+            for k in ("loss", "batch", "steps", "trainable_from", "unlabeled_fraction", "pair_weight", "lr")
+            if previous.get(k) != config.get(k)
+        }
+        if changed:
+            raise ValueError(f"{out} holds a run with other settings ({sorted(changed)}): use a new --out")
+    keras.utils.set_random_seed(args.seed)
+    data = load_data(args, out)
+    if len(data.train_ids) < 2:
+        raise ValueError(f"only {len(data.train_ids)} training identities with two or more photos: nothing to pair")
+    size = data.crops.shape[1]
+    config.update(
+        train_identities=len(data.train_ids),
+        train_images=len(data.train_rows),
+        unlabeled_images=len(data.unlabeled_rows),
+        dev_identities=len(data.dev_ids),
+        heldout_identities=len(data.heldout),
+        input_size=size,
+    )
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+    model = build_embedder(
+        input_size=size,
+        embedding_size=data.teacher.shape[1],
+        backbone_weights=None if args.no_pretrained else args.weights,
+        trainable="full" if args.trainable_from == "all" else "partial",
+        trainable_from=args.trainable_from if args.trainable_from != "all" else "block_13",
+        batchnorm="train",
+        head_activation=None,
+        pooling=args.pooling,
+        alpha=args.alpha,
+    )
+    optimizer = keras.optimizers.Adam(WarmupCosine(args.lr, args.warmup, args.steps))
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    manager = tf.train.CheckpointManager(checkpoint, str(out / "ckpt"), max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        print(f"resuming {out} at step {int(step.numpy())} of {args.steps}", flush=True)
+    elif not args.no_pretrained:
+        sample = data.train_rows[np.random.default_rng(args.seed).permutation(len(data.train_rows))[: args.recalibrate_images]]
+        layers = recalibrate_batchnorm(model, np.asarray(data.crops[np.sort(sample)], dtype=np.float32))
+        print(f"recalibrated {layers} BatchNorm layers on {len(sample)} face crops", flush=True)
+
+    batches = Batches(data, args.loss, args.batch, args.seed, int(step.numpy()))
+    stream = batch_stream(data, batches, args.seed + int(step.numpy()))
+    dataset = tf.data.Dataset.from_generator(
+        lambda: stream,
+        output_signature=(
+            tf.TensorSpec((args.batch, size, size, 3), tf.float32),
+            tf.TensorSpec((args.batch, data.teacher.shape[1]), tf.float32),
+            tf.TensorSpec((args.batch,), tf.float32),
+        ),
+    ).prefetch(2)
+    pair_rows = 2 * batches.pair_bs
+    mask = tf.constant(pair_mask(batches.pair_bs) if pair_rows else np.zeros((0, 0), np.float32))
+    distill_weight = 0.0 if args.loss == "pair" else 1.0
+    pair_weight = {"both": args.pair_weight, "pair": 1.0, "distill": 0.0}[args.loss]
+
+    @tf.function(jit_compile=False)
+    def train_step(x: tf.Tensor, t: tf.Tensor, has_t: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            s = model(x, training=True)
+            d = distill_loss(s, t, has_t)
+            p = tf.reduce_mean(pair_loss(mask, s[:pair_rows])) if pair_rows else tf.constant(0.0)
+            loss = distill_weight * d + pair_weight * p
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return {"loss": loss, "distill": d, "pair": p}
+
+    dev = DevSet.build(data, args.dev_images, args.seed)
+    best_path = out / "best.json"
+    best = json.loads(best_path.read_text())["dev_accuracy"] if best_path.exists() else -1.0
+    sums: dict[str, float] = {}
+    window_start, window_steps = time.perf_counter(), 0
+    stop_at = min(args.steps, int(step.numpy()) + args.stop_after) if args.stop_after else args.steps
+    for x, t, has_t in dataset:
+        current = int(step.numpy())
+        if current >= stop_at:
+            break
+        metrics = train_step(x, t, has_t)
+        step.assign_add(1)
+        current += 1
+        window_steps += 1
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        if current % args.log_every == 0 or current == args.steps:
+            elapsed = time.perf_counter() - window_start
+            row = {
+                "step": current,
+                "images_seen": current * args.batch,
+                **{k: round(v / window_steps, 5) for k, v in sums.items()},
+                "lr": float(optimizer.learning_rate.numpy()) if hasattr(optimizer.learning_rate, "numpy") else args.lr,
+                "images_per_s": round(window_steps * args.batch / elapsed, 1),
+                "time": time.strftime("%H:%M:%S"),
+            }
+            _append_csv(out / "progress.csv", row)
+            print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+            sums, window_start, window_steps = {}, time.perf_counter(), 0
+        if current % args.checkpoint_every == 0 or current in (args.steps, stop_at):
+            manager.save(checkpoint_number=current)
+        if current % args.eval_every == 0 or current == args.steps:
+            scores = dev.evaluate(model)
+            _append_csv(
+                out / "history.csv", {"step": current, "images_seen": current * args.batch, **{k: round(v, 5) for k, v in scores.items()}}
+            )
+            print(f"dev at step {current}: {scores}", flush=True)
+            if scores["dev_accuracy"] > best:
+                best = scores["dev_accuracy"]
+                model.save(out / "best.keras")
+                best_path.write_text(json.dumps({"step": current, **scores}) + "\n")
+            window_start = time.perf_counter()
+    if int(step.numpy()) < args.steps:
+        print(f"stopped at step {int(step.numpy())} of {args.steps}; run the same command to continue", flush=True)
+        return out / "ckpt"
+    model.save(out / "final.keras")
+    return out / "final.keras"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cache", type=Path, required=True, help="crop cache from training.prepare (labelled and unlabeled photos)")
+    p.add_argument("--labels", type=Path, required=True, help="label cache from training.teacher")
+    p.add_argument("--root", type=Path, required=True, help="the --root the teacher labels were keyed against")
+    p.add_argument("--out", type=Path, required=True, help="run directory (resumed when it exists)")
+    p.add_argument("--loss", choices=LOSSES, default="both")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch", type=int, default=128, help="crops per step (a multiple of 4)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--pair-weight", type=float, default=0.5, help="weight of the pair loss with --loss both")
+    p.add_argument("--trainable-from", default="block_6", help="first trained block (block_N, a stage start) or 'all'")
+    p.add_argument("--pooling", choices=["max", "avg"], default="avg")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    p.add_argument("--no-pretrained", action="store_true")
+    p.add_argument("--recalibrate-images", type=int, default=512)
+    p.add_argument("--unlabeled-fraction", type=float, default=1.0, help="share of the unlabeled photos used (learning curves)")
+    p.add_argument("--max-train-identities", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out identities (as training.train)")
+    p.add_argument("--split-seed", type=int, default=20221)
+    p.add_argument("--dev-fraction", type=float, default=0.04, help="training identities kept out to follow progress")
+    p.add_argument("--dev-images", type=int, default=800)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--stop-after", type=int, default=0, help="stop this invocation after N steps (resume later); 0: run to --steps")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.batch % 4:
+        p.error("--batch must be a multiple of 4")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    print(f"final model: {distill(parse_args(argv))}")
+
+
+if __name__ == "__main__":
+    main()
