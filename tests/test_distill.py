@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import distill
+from training import distill, report
 from training.teacher import TEACHER_DIM
 
 IDENTITIES = [f"person{i:02d}" for i in range(12)]
@@ -128,6 +128,12 @@ def test_resumes_from_the_checkpoint(tiny_data: tuple[Path, Path, Path], tmp_pat
     assert steps == [1, 2, 3, 4]
     lrs = [float(r["lr"]) for r in csv.DictReader((out / "progress.csv").open())]
     assert lrs[-1] < lrs[1]  # the schedule continued; it did not restart
+
+    # The run report reads the dev history the run wrote, one evaluation every 2 steps.
+    runs = report.main(["--run", f"{out}=tiny run", "--out", str(tmp_path / "report")])
+    assert [r["images_seen"] for r in runs] == [32] and [p[0] for p in runs[0]["curve"]] == [16, 32]
+    assert "| tiny run | both | 9 | 32 |" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "report.png").stat().st_size > 0
 
 
 def test_unlabeled_fraction_zero_uses_no_unlabeled_photo(tiny_data: tuple[Path, Path, Path], tmp_path: Path) -> None:

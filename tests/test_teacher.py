@@ -15,19 +15,23 @@ import numpy as np
 import pytest
 
 from training import teacher as teacher_mod
-from training.tflite import to_tflite
 
 
 @pytest.fixture(scope="module")
 def fake_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight model with the teacher's contract: (2, 112, 112, 3) -> (2, 192)."""
+    import tensorflow as tf
+
     keras.utils.set_random_seed(0)
-    pixels = keras.Input((112, 112, 3), batch_size=2)
+    pixels = keras.Input((112, 112, 3))
     x = keras.layers.Conv2D(8, 5, strides=4, activation="relu")(pixels)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(teacher_mod.TEACHER_DIM)(x)
+    model = keras.Model(pixels, keras.layers.Dense(teacher_mod.TEACHER_DIM)(x))
+    saved = tmp_path_factory.mktemp("saved")
+    # The real teacher's fixed batch of two (a crop and its mirror) is part of its contract.
+    model.export(str(saved), format="tf_saved_model", input_signature=[tf.TensorSpec((2, 112, 112, 3), tf.float32)], verbose=False)
     path = tmp_path_factory.mktemp("teacher") / "fake.tflite"
-    path.write_bytes(to_tflite(keras.Model(pixels, out)))
+    path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
     return path
 
 
