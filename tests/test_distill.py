@@ -134,6 +134,23 @@ def test_resumes_from_the_checkpoint(tiny_data: tuple[Path, Path, Path], tmp_pat
     assert [r["images_seen"] for r in runs] == [32] and [p[0] for p in runs[0]["curve"]] == [16, 32]
     assert "| tiny run | both | 9 | 32 |" in (tmp_path / "report" / "report.md").read_text()
     assert (tmp_path / "report" / "report.png").stat().st_size > 0
+    # A continued run is drawn after the images its starting point had seen.
+    [shifted] = report.main(["--run", f"{out}=continued@100", "--out", str(tmp_path / "shifted")])
+    assert shifted["images_seen"] == 132 and [p[0] for p in shifted["curve"]] == [116, 132]
+
+
+def test_init_from_continues_a_finished_run(tiny_data: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    first = distill.distill(distill.parse_args(run_args(tiny_data, tmp_path / "first", "distill", 1)))
+    second = tmp_path / "second"
+    distill.distill(distill.parse_args(run_args(tiny_data, second, "distill", 1, "--init-from", str(first), "--lr", "0")))
+    import keras
+
+    before, after = (
+        keras.models.load_model(p, compile=False).get_layer("embedding_dense").get_weights() for p in (first, second / "final.keras")
+    )
+    # A zero learning rate trains nothing (BatchNorm statistics still follow the batches): the
+    # head holds exactly the weights it started from, not a fresh random initialisation.
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 def test_unlabeled_fraction_zero_uses_no_unlabeled_photo(tiny_data: tuple[Path, Path, Path], tmp_path: Path) -> None:

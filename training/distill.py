@@ -255,6 +255,10 @@ def distill(args: argparse.Namespace) -> Path:
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).expect_partial()
         print(f"resuming {out} at step {int(step.numpy())} of {args.steps}", flush=True)
+    elif args.init_from:
+        # Continue a finished run with a fresh schedule (e.g. more steps, or more blocks trained).
+        model.set_weights(keras.models.load_model(args.init_from, compile=False).get_weights())
+        print(f"started from the weights of {args.init_from}", flush=True)
     elif not args.no_pretrained:
         sample = data.train_rows[np.random.default_rng(args.seed).permutation(len(data.train_rows))[: args.recalibrate_images]]
         layers = recalibrate_batchnorm(model, np.asarray(data.crops[np.sort(sample)], dtype=np.float32))
@@ -353,6 +357,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--no-pretrained", action="store_true")
     p.add_argument("--recalibrate-images", type=int, default=512)
+    p.add_argument("--init-from", type=Path, default=None, help="start from this saved student (.keras) instead of ImageNet")
     p.add_argument("--unlabeled-fraction", type=float, default=1.0, help="share of the unlabeled photos used (learning curves)")
     p.add_argument("--max-train-identities", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out identities (as training.train)")

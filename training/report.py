@@ -3,6 +3,10 @@
     python -m training.report --run runs/distill-main=main --out docs/eval/distill/learning_curve
     python -m training.report --run runs/abl-pair="pair loss" --run runs/abl-distill=distillation \\
         --run runs/abl-both=both --out docs/eval/distill/ablation
+    python -m training.report --run runs/stage1="stage 1" --run runs/stage2="stage 2@76800" --out ...
+
+A run that continued another (``--init-from``) is drawn after it: ``label@N`` shifts its images
+seen by the N images its starting point had already seen.
 
 Reads each run's ``history.csv`` (dev-set figures by step, written by ``training.distill``) and
 ``config.json``; writes ``report.png``, ``report.md`` and ``report.json`` into ``--out``. The dev
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 
-def read_run(path: Path, label: str) -> dict[str, Any]:
+def read_run(path: Path, label: str, offset: int = 0) -> dict[str, Any]:
     with (path / "history.csv").open(newline="") as handle:
         rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
     if not rows:
@@ -35,11 +39,11 @@ def read_run(path: Path, label: str) -> dict[str, Any]:
         "unlabeled_images": config.get("unlabeled_images"),
         "train_images": config.get("train_images"),
         "steps": int(last["step"]),
-        "images_seen": int(last["images_seen"]),
+        "images_seen": int(last["images_seen"]) + offset,
         "dev_accuracy": last["dev_accuracy"],
         "dev_distance_to_teacher": last["dev_distance_to_teacher"],
         "dev_teacher_accuracy": last["dev_teacher_accuracy"],
-        "curve": [[int(r["images_seen"]), r["dev_accuracy"]] for r in rows],
+        "curve": [[int(r["images_seen"]) + offset, r["dev_accuracy"]] for r in rows],
     }
 
 
@@ -81,14 +85,15 @@ def markdown(runs: list[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", action="append", required=True, help="RUN_DIR=label (repeatable)")
+    parser.add_argument("--run", action="append", required=True, help="RUN_DIR=label[@images seen before it] (repeatable)")
     parser.add_argument("--title", default="distillation: dev accuracy against images seen")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     runs = []
     for spec in args.run:
-        directory, _, label = spec.partition("=")
-        runs.append(read_run(Path(directory), label or Path(directory).name))
+        directory, _, named = spec.partition("=")
+        label, _, offset = named.partition("@")
+        runs.append(read_run(Path(directory), label or Path(directory).name, int(offset or 0)))
     args.out.mkdir(parents=True, exist_ok=True)
     plot(runs, args.title, args.out / "report.png")
     text = markdown(runs)
