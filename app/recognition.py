@@ -69,7 +69,7 @@ class Runtime:
                 "(python -m training.bursts, then training.export --eval) or set DEFAULT_THRESHOLD"
             )
         self.embedder = Embedder(self.package, num_threads=settings.EMBED_THREADS)
-        self.aligners = AlignerPool(settings.ALIGNER_POOL, self.package.input_size)
+        self.aligners = AlignerPool(settings.ALIGNER_POOL, self.package.input_size, settings.DOMINANT_FACE_RATIO)
         self.engine: Engine = make_engine(settings)
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
         self.index = TemplateIndex(self.package.model_id, self.package.embedding_size, threads=settings.SCAN_THREADS)
@@ -189,7 +189,7 @@ def _require_frames(runtime: Runtime, burst: Burst, minimum: int) -> None:
 
 
 def frame_details(burst: Burst) -> list[dict[str, Any]]:
-    return [{"index": r.index, "used": r.used, "reason": r.reason} for r in burst.reports]
+    return [{"index": r.index, "used": r.used, "reason": r.reason, "faces": r.faces} for r in burst.reports]
 
 
 def enrol(runtime: Runtime, session: Session, name: str, metadata: dict[str, Any], frames: Sequence[bytes]) -> tuple[Person, Burst]:

@@ -15,6 +15,7 @@ from app.vision.align import (
     FaceAligner,
     _eye_indices,
     align_landmarks,
+    dominant_face,
     five_points,
     similarity_transform,
 )
@@ -93,3 +94,20 @@ def test_a_real_face_is_aligned() -> None:
     assert result.face.crop.shape == (112, 112, 3)
     assert result.face.face_width_px > 20
     assert 0.2 < (result.face.mask > 0).mean() < 0.95
+
+
+def box_face(x0: float, y0: float, side: float) -> np.ndarray:
+    """468 landmarks spread over a square face box (only the box matters to dominance)."""
+    t = np.linspace(0, 1, 468)
+    return np.stack([x0 + side * t, y0 + side * (1 - t)], axis=1)
+
+
+def test_the_face_at_the_door_dominates_the_people_behind() -> None:
+    door, behind, beside = box_face(200, 100, 150), box_face(10, 10, 100), box_face(420, 100, 140)
+    assert dominant_face([door], 2.0) is door
+    assert dominant_face([behind, door], 2.0) is door  # 150^2 >= 2 x 100^2
+    assert dominant_face([door, beside], 2.0) is None  # comparable: two people at the door
+    assert dominant_face([door, beside], 1.1) is door  # a looser operator setting
+    assert dominant_face([], 2.0) is None
+    with pytest.raises(ValueError, match="area ratio"):
+        FaceAligner(dominance=0.5)

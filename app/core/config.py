@@ -43,10 +43,17 @@ class Settings(BaseSettings):
     MIN_BRIGHTNESS: float = Field(default=40.0, description="darkest mean face luminance (0..255)")
     MAX_BRIGHTNESS: float = Field(default=225.0, description="brightest mean face luminance (0..255)")
     ALIGNER_POOL: int = 2
+    DOMINANT_FACE_RATIO: float = Field(
+        default=2.0,
+        ge=1.0,
+        description="with several faces in a frame, the largest is used when its landmark box has at least this many times "
+        "the area of any other (people behind the one at the door); comparable faces refuse the frame (multiple_faces)",
+    )
 
     # Decisions
     DEFAULT_THRESHOLD: float | None = Field(
-        default=None, description="threshold before any PUT /v1/threshold; default: the model manifest's recommendation"
+        default=None,
+        description="one threshold for every burst size, before any PUT /v1/threshold; default: the model's thresholds by frames fused",
     )
     DELETION_TOKEN_TTL_S: int = 120
     SCAN_RESCORE_K: int = 16

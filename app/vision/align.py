@@ -62,7 +62,29 @@ class AlignedFace:
 @dataclass(frozen=True)
 class AlignmentResult:
     faces_found: int
-    face: AlignedFace | None  # set only when exactly one face was found
+    face: AlignedFace | None  # the one face used; None when there is none or no face dominates
+    box: tuple[float, float, float, float] | None = None  # the used face's landmark box (x0, y0, x1, y1), source pixels
+
+
+DOMINANT_FACE_RATIO = 2.0
+
+
+def face_area(landmarks: np.ndarray) -> float:
+    return float(np.ptp(landmarks[:, 0]) * np.ptp(landmarks[:, 1]))
+
+
+def dominant_face(faces: list[np.ndarray], ratio: float) -> np.ndarray | None:
+    """The face whose landmark box is at least ``ratio`` times the area of every other, or None.
+
+    A door camera sees people behind the one at the door: they are smaller. Two faces of
+    comparable size are two people at the door, and the frame is refused rather than guessed.
+    """
+    if not faces:
+        return None
+    ranked = sorted(faces, key=face_area, reverse=True)
+    if len(ranked) == 1 or face_area(ranked[0]) >= ratio * face_area(ranked[1]):
+        return ranked[0]
+    return None
 
 
 def five_points(landmarks: np.ndarray) -> np.ndarray:
@@ -127,7 +149,8 @@ def align_landmarks(image_rgb: np.ndarray, landmarks: np.ndarray, size: int = DE
 
 
 class FaceAligner:
-    """Face Mesh in static-image mode, asking for up to two faces so crowds can be refused.
+    """Face Mesh in static-image mode, asking for several faces so the one at the door can be told
+    from people behind it (``dominance``: the area ratio by which it must be the largest).
 
     A MediaPipe graph is not safe to call from two threads at once; each aligner holds a
     lock, and the service keeps a small pool of them.
@@ -136,13 +159,17 @@ class FaceAligner:
     def __init__(
         self,
         size: int = DEFAULT_CROP_SIZE,
-        max_faces: int = 2,
+        max_faces: int = 3,
         min_detection_confidence: float = 0.5,
         detect_min_side: int = 256,
+        dominance: float = DOMINANT_FACE_RATIO,
     ):
         from mediapipe.python.solutions import face_mesh
 
+        if dominance < 1.0:
+            raise ValueError(f"dominance is an area ratio >= 1, got {dominance}")
         self.size = size
+        self.dominance = dominance
         # Face Mesh's detector misses faces in thumbnails (a 45 px face in an 89x109 photo);
         # small images are upscaled for detection only, the crop is cut from the original.
         self.detect_min_side = detect_min_side
@@ -182,13 +209,14 @@ class FaceAligner:
         return out
 
     def align(self, image_rgb: np.ndarray, pick_largest: bool = False) -> AlignmentResult:
-        """Align the one face in the image.
+        """Align the face at the door: the only face, or one clearly larger than any other.
 
-        With several faces the service takes none (``face`` is None); dataset preparation
-        passes ``pick_largest`` because a photo of one labelled person may show a bystander.
+        With comparable faces the service takes none (``face`` is None); dataset preparation
+        passes ``pick_largest`` because a photo of one labelled person is about that person.
         """
         faces = self.landmarks(image_rgb)
-        if not faces or (len(faces) > 1 and not pick_largest):
+        chosen = max(faces, key=face_area) if faces and pick_largest else dominant_face(faces, self.dominance)
+        if chosen is None:
             return AlignmentResult(faces_found=len(faces), face=None)
-        chosen = max(faces, key=lambda f: float(np.ptp(f[:, 0]) * np.ptp(f[:, 1])))
-        return AlignmentResult(faces_found=len(faces), face=align_landmarks(image_rgb, chosen, self.size))
+        box = (float(chosen[:, 0].min()), float(chosen[:, 1].min()), float(chosen[:, 0].max()), float(chosen[:, 1].max()))
+        return AlignmentResult(faces_found=len(faces), face=align_landmarks(image_rgb, chosen, self.size), box=box)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from app.vision.align import FaceAligner
+from app.vision.align import DOMINANT_FACE_RATIO, FaceAligner
 from app.vision.decode import decode_frame
 from app.vision.embedder import Embedder
 from app.vision.quality import FaceQuality, FrameReason, QualityLimits, judge, measure
@@ -24,6 +24,8 @@ class FrameReport:
     used: bool
     reason: str | None
     quality: FaceQuality | None
+    faces: int = 0  # faces Face Mesh found in the frame
+    face_box: tuple[float, float, float, float] | None = None  # the face used (or judged), source pixels
 
 
 @dataclass
@@ -55,11 +57,11 @@ class AlignerPool:
     ``5 / size`` frames of wall time instead of 5.
     """
 
-    def __init__(self, size: int, crop_size: int):
+    def __init__(self, size: int, crop_size: int, dominance: float = DOMINANT_FACE_RATIO):
         self.size = max(1, size)
         self._pool: queue.Queue[FaceAligner] = queue.Queue()
         for _ in range(self.size):
-            self._pool.put(FaceAligner(size=crop_size))
+            self._pool.put(FaceAligner(size=crop_size, dominance=dominance))
         self.workers = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="frames")
 
     @contextmanager
@@ -98,10 +100,10 @@ def _align_frame(index: int, image: np.ndarray, aligners: AlignerPool, limits: B
     if result.faces_found == 0:
         return FrameReport(index, False, FrameReason.NO_FACE.value, None), None
     if result.face is None:
-        return FrameReport(index, False, FrameReason.MULTIPLE_FACES.value, None), None
+        return FrameReport(index, False, FrameReason.MULTIPLE_FACES.value, None, faces=result.faces_found), None
     quality = measure(result.face)
     reason = judge(quality, limits.quality)
-    report = FrameReport(index, reason is None, reason.value if reason else None, quality)
+    report = FrameReport(index, reason is None, reason.value if reason else None, quality, result.faces_found, result.box)
     return report, result.face.crop if reason is None else None
 
 
