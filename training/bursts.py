@@ -36,7 +36,7 @@ from app.vision.fusion import l2_normalise
 from training.data import door_augmentation
 
 FRAMES = tuple(range(1, 17))
-FARS = (0.01, 0.001, 0.0001)
+FARS = (0.01, 0.001, 0.0001, 0.00001)
 TEMPLATE_FRAMES = 5
 
 
