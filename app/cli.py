@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy.orm import Session
 
+    from app.api.schemas import KeyCreate
+
 
 def alembic_config(url: str) -> Config:
     from alembic.config import Config
@@ -26,36 +28,75 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def migrate(database_url: str | None = None, wait_s: float = 60.0) -> None:
-    """Wait for the database, then `alembic upgrade head` (the prestart step)."""
+# A command waiting for its database says so this often (on stderr).
+WAIT_LOG_S = 5.0
+# `keys` and `events` wait less than `serve` and `migrate`: someone is at the keyboard.
+ADMIN_WAIT_S = 10.0
+
+
+def migrate(database_url: str | None = None, wait_s: float = 60.0, quiet: bool = False) -> None:
+    """Wait for the database, then `alembic upgrade head` (the prestart step).
+
+    While waiting it says so every WAIT_LOG_S seconds; it gives up after ``wait_s`` with a
+    one-line SystemExit, as it does when the migration itself fails. ``quiet`` keeps Alembic's
+    own log lines off stderr (for the commands that print JSON).
+    """
     from alembic import command
-    from sqlalchemy.exc import OperationalError
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
     from app.core.config import Settings
     from app.store.db import make_engine, ping
 
     settings = get_settings() if database_url is None else Settings(DATABASE_URL=database_url)
     engine = make_engine(settings)
-    deadline = time.monotonic() + wait_s
+    url = engine.url.render_as_string(hide_password=True)
+    started = time.monotonic()
+    deadline, next_log = started + wait_s, started
     while True:
         try:
             ping(engine)
             break
         except OperationalError as exc:
-            if time.monotonic() > deadline:
-                url = engine.url.render_as_string(hide_password=True)
-                raise SystemExit(f"database at {url} unreachable for {wait_s:.0f}s") from exc
-            time.sleep(1.0)
+            now = time.monotonic()
+            if now > deadline:
+                raise SystemExit(f"database at {url} unreachable for {wait_s:.0f}s ({exc.__class__.__name__})") from exc
+            if now >= next_log:
+                print(
+                    f"waiting for the database at {url} ({exc.__class__.__name__}; {now - started:.0f}s so far, "
+                    f"giving up after {wait_s:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                next_log = now + WAIT_LOG_S
+            time.sleep(min(1.0, wait_s / 4))
     engine.dispose()
     config = alembic_config(settings.DATABASE_URL)
-    config.attributes["skip_logging"] = database_url is not None
-    command.upgrade(config, "head")
+    config.attributes["skip_logging"] = quiet or database_url is not None
+    try:
+        command.upgrade(config, "head")
+    except (CommandError, SQLAlchemyError) as exc:
+        first_line = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise SystemExit(f"could not migrate the database at {url}: {first_line}") from exc
 
 
 def _session() -> Session:
     from app.store.db import make_engine, make_session_factory
 
     return make_session_factory(make_engine(get_settings()))()
+
+
+def _key_spec(args: argparse.Namespace) -> KeyCreate:
+    """The key as POST /v1/keys would validate it; a one-line exit when it is not valid."""
+    from pydantic import ValidationError
+
+    from app.api.schemas import KeyCreate
+
+    try:
+        return KeyCreate(name=args.name, scope=args.scope, expires_in_days=args.expires_in_days)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"facegate keys create: {problems}") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -99,30 +140,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "keys":
         from sqlalchemy import select
 
+        from app.api.schemas import KeyPublic
         from app.store import crud
         from app.store.models import ApiKey
 
+        spec = _key_spec(args) if args.keys_command == "create" else None
+        # Like `serve`: a database never migrated is migrated first, not a traceback.
+        migrate(wait_s=ADMIN_WAIT_S, quiet=True)
         with _session() as session:
-            if args.keys_command == "create":
-                expires = crud.utcnow() + timedelta(days=args.expires_in_days) if args.expires_in_days else None
-                key, row = crud.create_api_key(session, args.name, args.scope, expires)
+            if spec is not None:
+                expires = crud.utcnow() + timedelta(days=spec.expires_in_days) if spec.expires_in_days else None
+                key, row = crud.create_api_key(session, spec.name, spec.scope, expires)
                 session.commit()
                 print(json.dumps({"id": row.id, "name": row.name, "scope": row.scope, "key": key}))
                 print("store this key now: it is not shown again", file=sys.stderr)
             elif args.keys_command == "list":
+                # The API's shape (GET /v1/keys): JSON nulls, UTC times with their offset.
                 for row in session.execute(select(ApiKey).order_by(ApiKey.id)).scalars():
-                    print(
-                        json.dumps(
-                            {
-                                "id": row.id,
-                                "name": row.name,
-                                "scope": row.scope,
-                                "prefix": row.prefix,
-                                "revoked": row.revoked_at is not None,
-                                "expires_at": str(row.expires_at),
-                            }
-                        )
-                    )
+                    public = KeyPublic.model_validate(row, from_attributes=True).model_dump(mode="json")
+                    print(json.dumps({**public, "revoked": row.revoked_at is not None}))
             else:
                 revoked = session.get(ApiKey, args.key_id)
                 if revoked is None:
@@ -134,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from app.store import crud
 
         settings = get_settings()
+        migrate(wait_s=ADMIN_WAIT_S, quiet=True)
         with _session() as session:
             gone = crud.purge_events(session, crud.utcnow() - timedelta(days=settings.EVENT_RETENTION_DAYS))
             tombstones = crud.purge_tombstones(session, crud.utcnow() - timedelta(days=1))

@@ -14,12 +14,14 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.routes import deletion, events, health, keys, persons, recognition
+from app.api.validation import MAX_METADATA_DEPTH, deep_member
 from app.core.config import Settings, get_settings
 from app.core.errors import ApiError
 from app.core.logging import configure_logging, request_id_var
@@ -35,8 +37,15 @@ Face recognition for door access. Door controllers POST bursts of frames to
 
 Every call needs an API key in `X-API-Key` (press **Authorize**): `door` keys may identify
 and verify, `admin` keys may do everything. Errors always answer
-`{"code": ..., "message": ..., "details": ...}` with a stable `code`.
+`{"code": ..., "message": ..., "details": ...}` with a stable `code` (the README lists them all),
+and carry the `X-Request-ID` header.
 """
+
+# Codes for the HTTP-level refusals raised by the framework itself (routing, body parsing).
+HTTP_ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+HTTP_ERROR_FALLBACK = "http_error"
+# How often a replica that started without its database says it is still waiting.
+DB_WAIT_LOG_S = 5.0
 
 
 class BodyLimit:
@@ -96,12 +105,21 @@ def _error_response(request: Request, exc: ApiError) -> JSONResponse:
 
 
 def _audit_refusal(request: Request, status: int, code: str) -> None:
-    """A refused identify/enrol/... is still an attempt: record it in its own transaction."""
+    """Record a refusal in its own transaction: every refused attempt (identify, enrol, ...)
+    and every 401 and 403 on any endpoint. The key's name is recorded when the key is known,
+    never the key itself. Rate-limited calls (429) and database outages (503) are not."""
     context = getattr(request.state, "audit", None)
     runtime = getattr(request.app.state, "runtime", None)
-    if not context or runtime is None or status in (401, 429, 503):
+    if runtime is None or status in (429, 503):
         return
+    if not context:
+        if status not in (401, 403):
+            return
+        # Refused before the route ran: the operation is the route's name (e.g. list_persons).
+        context = {"kind": getattr(request.scope.get("route"), "name", None) or "unknown"}
     principal = getattr(request.state, "principal", None)
+    key_name = principal.name if principal else getattr(request.state, "key_name", None)
+    started = getattr(request.state, "started", None)
     try:
         with runtime.sessions() as session:
             crud.record_event(
@@ -113,13 +131,58 @@ def _audit_refusal(request: Request, status: int, code: str) -> None:
                 reason=code,
                 status_code=status,
                 request_id=request_id_var.get(),
-                key_name=principal.name if principal else None,
+                key_name=key_name,
                 model_id=runtime.model_id,
-                latency_ms=round((time.perf_counter() - request.state.started) * 1000, 2),
+                latency_ms=round((time.perf_counter() - started) * 1000, 2) if started else None,
             )
             session.commit()
     except Exception:
         log.warning("could not record refused attempt", exc_info=True)
+
+
+def _validation_error(errors: list[dict[str, Any]]) -> ApiError:
+    """One stable code for a request that failed validation, most specific first."""
+    details = {"errors": errors}
+    if any(e["loc"][-1:] == ["frames"] and e["type"] == "missing" for e in errors):
+        return ApiError(422, "no_frames", "send at least one frame in the 'frames' field", details)
+    # string_unicode: pydantic's own refusal of a lone surrogate in a str field.
+    text = [e for e in errors if e["type"] in ("invalid_text", "string_unicode")]
+    if text:
+        field = ".".join(str(part) for part in text[0]["loc"][1:]) or "body"
+        return ApiError(422, "invalid_text", f"{field}: {text[0]['msg']}", details)
+    metadata = [e for e in errors if e["loc"][1:2] == ["metadata"]]
+    if metadata:
+        return ApiError(422, "invalid_metadata", str(metadata[0]["msg"]), details)
+    return ApiError(422, "invalid_request", "the request is not valid", details)
+
+
+_PART_LIMIT_KIB = MultiPartParser.max_part_size // 1024
+
+
+def _oversized_part(exc: StarletteHTTPException) -> str | None:
+    """For a 400 raised because a form text field went over the part size: the field's name
+    ("" when it cannot be told); None for any other 400.
+
+    Starlette's exception does not name the field, but the parser that raised it knows it: it
+    is read from the parser's frame in the traceback (``_current_part.field_name``).
+    """
+    cause = exc.__cause__ or exc.__context__
+    if not isinstance(cause, MultiPartException) or "exceeded maximum size" not in cause.message:
+        return None
+    name = ""
+    tb = cause.__traceback__
+    while tb is not None:
+        part = getattr(tb.tb_frame.f_locals.get("self"), "_current_part", None)
+        name = getattr(part, "field_name", None) or name
+        tb = tb.tb_next
+    return name
+
+
+def _is_outage(exc: Exception) -> bool:
+    """Connection trouble, as opposed to a statement the database refused (bad data, a bug)."""
+    return isinstance(exc, OperationalError | InterfaceError | InternalError | PoolTimeout) or bool(
+        getattr(exc, "connection_invalidated", False)
+    )
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -130,28 +193,61 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
-        missing_frames = any(e["loc"][-1:] == ["frames"] and e["type"] == "missing" for e in errors)
-        error = ApiError(
-            422,
-            "no_frames" if missing_frames else "invalid_request",
-            "send at least one frame in the 'frames' field" if missing_frames else "the request is not valid",
-            {"errors": errors},
-        )
-        return await asyncio.to_thread(_error_response, request, error)
+        return await asyncio.to_thread(_error_response, request, _validation_error(errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "request_too_large"}
-        error = ApiError(exc.status_code, codes.get(exc.status_code, f"http_{exc.status_code}"), str(exc.detail))
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # A JSON body nested past the parser's recursion limit: a validation error of the
+            # member it is nested in (e.g. body.metadata), not an unreadable body.
+            try:
+                member = deep_member(await request.body(), MAX_METADATA_DEPTH + 1)
+            except Exception:
+                member = None
+            loc: list[Any] = ["body", member] if member else ["body"]
+            message = f"the JSON is nested deeper than {MAX_METADATA_DEPTH} levels"
+            return await validation_error(request, RequestValidationError([{"loc": loc, "msg": message, "type": "json_too_deep"}]))
+        oversized = _oversized_part(exc)
+        if oversized is not None:
+            # A text field over the form parser's part size (1 MiB) is as invalid as one just
+            # over its own limit, and answers the same code (invalid_metadata for metadata).
+            loc = ["body", oversized] if oversized else ["body"]
+            message = f"{oversized or 'a text field'} is over the {_PART_LIMIT_KIB} KiB a form text field may hold"
+            return await validation_error(request, RequestValidationError([{"loc": loc, "msg": message, "type": "part_too_large"}]))
+        error = ApiError(exc.status_code, HTTP_ERROR_CODES.get(exc.status_code, HTTP_ERROR_FALLBACK), str(exc.detail))
         return JSONResponse(status_code=exc.status_code, content=error.body(), headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)
     @app.exception_handler(DBAPIError)
     async def database_down(request: Request, exc: Exception) -> JSONResponse:
+        if not _is_outage(exc):
+            # The database is up and refused a statement: a bug, answered as one (500).
+            raise exc
         log.error("database unavailable: %s", exc.__class__.__name__)
         error = ApiError(503, "database_unavailable", "the database is unreachable; nothing was stored, retry shortly")
         return JSONResponse(status_code=503, content=error.body(), headers={"Retry-After": "2"})
+
+
+def _sync_index(runtime: Runtime) -> None:
+    with runtime.sessions() as session:
+        runtime.index.sync(session)
+    TEMPLATES.set(len(runtime.index))
+
+
+async def _wait_for_database(runtime: Runtime) -> None:
+    """Until the database answers: one log line every DB_WAIT_LOG_S, then one when it does."""
+    url = runtime.engine.url.render_as_string(hide_password=True)
+    waited = 0.0
+    while True:
+        await asyncio.sleep(DB_WAIT_LOG_S)
+        waited += DB_WAIT_LOG_S
+        try:
+            await asyncio.to_thread(_sync_index, runtime)
+        except (OperationalError, DBAPIError) as exc:
+            log.warning("waiting for the database at %s (%.0f s so far, %s)", url, waited, exc.__class__.__name__)
+            continue
+        log.info("database at %s reachable after %.0f s", url, waited, extra={"fields": {"templates": len(runtime.index)}})
+        return
 
 
 async def _purge_loop(runtime: Runtime) -> None:
@@ -181,19 +277,20 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         rt = runtime or Runtime(settings)
         app.state.runtime = rt
         MODEL.info({"model_id": rt.model_id, "alignment": rt.package.manifest["alignment_version"]})
+        tasks = [asyncio.create_task(_purge_loop(rt))]
         try:
-            with rt.sessions() as session:
-                rt.index.sync(session)
-            TEMPLATES.set(len(rt.index))
-        except (OperationalError, DBAPIError):
-            # Serve anyway: /readyz reports the outage and every request retries the sync.
-            log.error("database unreachable at start-up; will retry on each request")
+            _sync_index(rt)
+        except (OperationalError, DBAPIError) as exc:
+            # Serve anyway: /readyz reports the outage, every request retries the sync, and a
+            # background task says it is waiting every few seconds until the database answers.
+            log.error("database unreachable at start-up (%s); serving, and waiting for it", exc.__class__.__name__)
+            tasks.append(asyncio.create_task(_wait_for_database(rt)))
         log.info("ready", extra={"fields": {"model_id": rt.model_id, "templates": len(rt.index)}})
-        purger = asyncio.create_task(_purge_loop(rt))
         try:
             yield
         finally:
-            purger.cancel()
+            for task in tasks:
+                task.cancel()
             if runtime is None:
                 rt.close()
 
@@ -223,6 +320,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         request.state.started = time.perf_counter()
         try:
             response = await call_next(request)
+        except Exception:
+            # Whatever failed, the client gets the error shape, the request id and a log line.
+            log.exception("unhandled error", extra={"fields": {"method": request.method, "path": request.url.path}})
+            error = ApiError(500, "internal_error", "internal error; quote the X-Request-ID header when reporting it")
+            await asyncio.to_thread(_audit_refusal, request, error.status, error.code)
+            response = JSONResponse(status_code=error.status, content=error.body())
         finally:
             request_id_var.reset(token)
         route: Any = request.scope.get("route")

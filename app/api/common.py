@@ -35,7 +35,16 @@ def read_frames(frames: list[UploadFile] | None, runtime: Runtime) -> list[bytes
 
 
 def frames_public(burst: Burst) -> list[FramePublic]:
-    return [FramePublic(index=r.index, used=r.used, reason=r.reason) for r in burst.reports]
+    return [
+        FramePublic(
+            index=r.index,
+            used=r.used,
+            reason=r.reason,
+            faces=r.faces,
+            face_box=[round(v, 1) for v in r.face_box] if r.face_box else None,
+        )
+        for r in burst.reports
+    ]
 
 
 def person_public(person: Person, frame_count: int | None) -> PersonPublic:
@@ -57,7 +66,12 @@ def elapsed_ms(request: Request) -> float:
     return round((time.perf_counter() - started) * 1000, 2) if started else 0.0
 
 
-def audit(session: Session, request: Request, principal: Principal | None, kind: str, status_code: int = 200, **fields: Any) -> None:
+def audit(
+    session: Session, request: Request, principal: Principal | None, kind: str, status_code: int | None = None, **fields: Any
+) -> None:
+    """Record a served request; its status is the route's own (201 for a creation) unless given."""
+    if status_code is None:
+        status_code = getattr(request.scope.get("route"), "status_code", None) or 200
     crud.record_event(
         session,
         kind=kind,

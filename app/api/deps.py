@@ -14,6 +14,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.orm import Session
 
+from app.api.validation import control_character
 from app.core.errors import ApiError
 from app.recognition import Runtime
 from app.store import crud
@@ -59,10 +60,13 @@ def _authenticate(request: Request, runtime: Runtime, key: str | None, needed: s
         if not key:
             raise ApiError(401, "missing_api_key", "send an API key in the X-API-Key header", headers={"WWW-Authenticate": "APIKey"})
         with runtime.sessions() as session:
-            row = crud.find_api_key(session, key)
+            # A key with control characters is no key of ours: never sent to the database.
+            row = crud.find_api_key(session, key) if control_character(key) is None else None
             now = datetime.now(UTC)
             if row is None:
                 raise ApiError(401, "invalid_api_key", "this API key is not known", headers={"WWW-Authenticate": "APIKey"})
+            # The audit of a refusal names the key (never records the key itself).
+            request.state.key_name = row.name
             if row.revoked_at is not None:
                 raise ApiError(401, "revoked_api_key", "this API key has been revoked", headers={"WWW-Authenticate": "APIKey"})
             expires = crud.as_aware(row.expires_at)
@@ -74,15 +78,15 @@ def _authenticate(request: Request, runtime: Runtime, key: str | None, needed: s
                 # Touch at most once a minute: a write per identify would cost more than the scan.
                 row.last_used_at = now
                 session.commit()
-        if needed == "admin" and principal.scope != "admin":
-            raise ApiError(403, "insufficient_scope", f"this endpoint needs an admin key; {principal.name!r} is a {principal.scope} key")
+    request.state.principal = principal
+    if needed == "admin" and principal.scope != "admin":
+        raise ApiError(403, "insufficient_scope", f"this endpoint needs an admin key; {principal.name!r} is a {principal.scope} key")
     limit = parse(runtime.settings.RATE_LIMIT_DOOR if needed == "door" else runtime.settings.RATE_LIMIT_ADMIN)
     bucket = f"{principal.key_id or principal.name}:{needed}"
     if not _limiter.hit(limit, bucket):
         reset = _limiter.get_window_stats(limit, bucket).reset_time
         retry = max(1, int(reset - datetime.now(UTC).timestamp() + 0.999))
         raise ApiError(429, "rate_limited", f"more than {limit} requests for this key", headers={"Retry-After": str(retry)})
-    request.state.principal = principal
     return principal
 
 
@@ -107,6 +111,22 @@ def require_multipart(request: Request) -> None:
 Multipart = Depends(require_multipart)
 
 
+def attempt(kind: str) -> Any:
+    """A route dependency naming what the request attempts, listed first in the route's
+    ``dependencies``: it runs before the key is checked and the form validated, so an attempt
+    refused by either is audited under its kind too."""
+
+    def name_the_attempt(request: Request) -> None:
+        fields: dict[str, Any] = {"kind": kind}
+        raw = request.path_params.get("person_id")
+        if isinstance(raw, str) and raw.isdigit() and 1 <= int(raw) < 2**63:
+            fields["person_id"] = int(raw)
+        request.state.audit = fields
+
+    return Depends(name_the_attempt)
+
+
 def audit_context(request: Request, kind: str, **fields: Any) -> None:
-    """Remember what is being attempted, so a refused attempt is audited too."""
-    request.state.audit = {"kind": kind, **fields}
+    """Remember what is being attempted (with what the route has validated by now), so a
+    refused attempt is audited too."""
+    request.state.audit = {**(getattr(request.state, "audit", None) or {}), "kind": kind, **fields}

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from app.api.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, Metadata, NameCheck, TextCheck
+
+# A person's or a key's name: surrounding white space stripped, something visible left, no
+# control characters (422 invalid_request / invalid_text).
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), NameCheck]
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class FramePublic(BaseModel):
@@ -14,6 +28,10 @@ class FramePublic(BaseModel):
     reason: str | None = Field(
         default=None,
         description="why it was not used: no_face, multiple_faces, face_too_small, too_blurry, too_dark, too_bright",
+    )
+    faces: int = Field(default=0, description="faces found in the frame; with several, the one clearly largest is used")
+    face_box: list[float] | None = Field(
+        default=None, description="the face used (or judged): its landmark box [x0, y0, x1, y1] in frame pixels"
     )
 
 
@@ -77,7 +95,9 @@ class PersonPublic(BaseModel):
     updated_at: datetime
 
 
-class PersonEnrolled(PersonPublic):
+class PersonWithFrames(PersonPublic):
+    """A person and what became of each frame of the burst (enrol and add-frames answer this)."""
+
     frames: list[FramePublic]
 
 
@@ -87,15 +107,19 @@ class PersonsPublic(BaseModel):
 
 
 class PersonUpdate(BaseModel):
+    """Only the fields sent change; `metadata` replaces the stored object whole (no merge)."""
+
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Ada King", "metadata": {"badge": "A-17"}}]})
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    metadata: dict[str, Any] | None = None
-
-
-class FramesAdded(BaseModel):
-    person: PersonPublic
-    frames: list[FramePublic]
+    name: Name | None = Field(default=None, description="the new name; surrounding white space is stripped")
+    metadata: Metadata | None = Field(
+        default=None,
+        description=(
+            "replaces the stored metadata as a whole: keys left out are removed, nothing is merged; "
+            f"`{{}}` clears it. A JSON object of at most {MAX_METADATA_BYTES // 1024} KiB (compact JSON), "
+            f"nested at most {MAX_METADATA_DEPTH} levels, without control characters"
+        ),
+    )
 
 
 class DeletionRequestPublic(BaseModel):
@@ -107,7 +131,7 @@ class DeletionRequestPublic(BaseModel):
 
 class DeletionConfirm(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    token: str = Field(min_length=1, max_length=200)
+    token: Annotated[str, StringConstraints(min_length=1, max_length=200), TextCheck]
 
 
 class DeletionDone(BaseModel):
@@ -159,7 +183,7 @@ class KeyCreate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"name": "front-door", "scope": "door", "expires_in_days": 365}]}
     )
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     scope: Literal["door", "admin"]
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
 
@@ -169,10 +193,10 @@ class KeyPublic(BaseModel):
     name: str
     scope: str
     prefix: str
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    last_used_at: datetime | None
+    created_at: UtcDatetime
+    expires_at: UtcDatetime | None
+    revoked_at: UtcDatetime | None
+    last_used_at: UtcDatetime | None
 
 
 class KeyCreated(KeyPublic):

@@ -42,7 +42,8 @@ def stored_threshold(session: Session) -> float | None:
     return session.execute(select(StoreState.threshold).where(StoreState.id == 1)).scalar_one()
 
 
-def set_threshold(session: Session, value: float) -> None:
+def set_threshold(session: Session, value: float | None) -> None:
+    """Store an admin's threshold; None goes back to the model's thresholds by frames fused."""
     session.execute(update(StoreState).where(StoreState.id == 1).values(threshold=value, threshold_updated_at=utcnow()))
 
 
@@ -127,8 +128,10 @@ def list_persons(session: Session, offset: int, limit: int, name: str | None = N
     query = select(Person)
     count_query = select(func.count()).select_from(Person)
     if name:
-        query = query.where(Person.name.ilike(f"%{name}%"))
-        count_query = count_query.where(Person.name.ilike(f"%{name}%"))
+        # A case-insensitive substring: % and _ in the name are themselves, not wildcards.
+        matches = Person.name.icontains(name, autoescape=True)
+        query = query.where(matches)
+        count_query = count_query.where(matches)
     persons = list(session.scalars(query.order_by(Person.id).offset(offset).limit(limit)))
     return persons, int(session.execute(count_query).scalar_one())
 
@@ -217,14 +220,6 @@ def find_api_key(session: Session, key: str) -> ApiKey | None:
     if row is None or not secrets.compare_digest(row.key_hash, hash_secret(key)):
         return None
     return row
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """A client's instant in UTC (naive means UTC): SQLite compares datetimes as text, so an
-    instant with another offset must be converted before it reaches a query."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 @overload

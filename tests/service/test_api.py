@@ -57,6 +57,14 @@ def test_threshold_get_and_put(admin: TestClient, clean_runtime: Runtime) -> Non
     event = admin.get("/v1/events", params={"kind": "threshold"}).json()["data"][0]
     assert event["threshold"] == 0.25 and event["reason"] == f"was {default:.6f}"
 
+    # Reset: back to the model's thresholds by frames fused, audited once.
+    reset = admin.delete("/v1/threshold")
+    assert reset.status_code == 200, reset.text
+    assert reset.json() == {"threshold": default, "source": "default", **model_part}
+    assert admin.delete("/v1/threshold").json()["source"] == "default"  # idempotent
+    resets = [e for e in admin.get("/v1/events", params={"kind": "threshold"}).json()["data"] if e["reason"].startswith("reset")]
+    assert [(e["threshold"], e["reason"]) for e in resets] == [(None, "reset; was 0.250000")]
+
 
 def test_calibrate(admin: TestClient, clean_runtime: Runtime) -> None:
     rt = clean_runtime
@@ -142,9 +150,11 @@ def test_get_patch_person(admin: TestClient, clean_runtime: Runtime) -> None:
     assert admin.patch(f"/v1/persons/{pid}", json={"metadata": {}}).json()["name"] == "Ada King"
     assert admin.patch(f"/v1/persons/{pid}", json={}).json()["metadata"] == {}
 
-    for bad in ({"name": ""}, {"name": "x" * 201}, {"id": 99}, {"metadata": [1]}, {"name": 5}):
+    for bad in ({"name": ""}, {"name": "   "}, {"name": "x" * 201}, {"id": 99}, {"name": 5}):
         refused = admin.patch(f"/v1/persons/{pid}", json=bad)
         assert refused.status_code == 422 and refused.json()["code"] == "invalid_request", bad
+    refused = admin.patch(f"/v1/persons/{pid}", json={"metadata": [1]})
+    assert refused.status_code == 422 and refused.json()["code"] == "invalid_metadata"
     assert admin.get(f"/v1/persons/{pid}").json()["name"] == "Ada King"
     assert admin.get("/v1/events", params={"kind": "update_person", "person_id": pid}).json()["count"] == 3
 
@@ -259,11 +269,11 @@ def test_events_filters_and_refusals_are_audited(admin: TestClient, clean_runtim
     assert admin.post("/v1/identify", headers=door, **multipart([grey_jpeg()], door_id="front")).status_code == 200
     assert admin.post("/v1/identify", headers=door, **multipart([random_bytes()], door_id="back")).status_code == 415
     assert admin.post("/v1/persons", **multipart([grey_jpeg()] * 3, name="Nobody")).status_code == 422
-    # Unauthenticated calls are not audited: anyone could fill the log with them.
+    # Unauthenticated calls are audited too, without any key.
     assert admin.post("/v1/identify", headers={"X-API-Key": ""}, **multipart([grey_jpeg()])).status_code == 401
 
     everything = admin.get("/v1/events").json()
-    assert everything["count"] == 3
+    assert everything["count"] == 4
     ids = [e["id"] for e in everything["data"]]
     assert ids == sorted(ids, reverse=True)
 
@@ -281,17 +291,20 @@ def test_events_filters_and_refusals_are_audited(admin: TestClient, clean_runtim
     (enrol,) = events(kind="enrol")
     assert (enrol["decision"], enrol["reason"], enrol["status_code"]) == ("error", "not_enough_usable_frames", 422)
     assert enrol["key_name"] == "test-admin"
-    assert len(events(decision="error")) == 2
+    (unauthenticated,) = [e for e in events() if e["status_code"] == 401]
+    assert (unauthenticated["kind"], unauthenticated["decision"], unauthenticated["reason"]) == ("identify", "error", "missing_api_key")
+    assert unauthenticated["key_name"] is None
+    assert len(events(decision="error")) == 3
 
     assert [e["id"] for e in events(limit=1)] == ids[:1]
     assert [e["id"] for e in events(offset=1, limit=1)] == ids[1:2]
     now = datetime.now(UTC)
-    assert len(events(since=(now - timedelta(hours=1)).isoformat())) == 3
+    assert len(events(since=(now - timedelta(hours=1)).isoformat())) == 4
     assert events(since=(now + timedelta(hours=1)).isoformat()) == []
     assert events(until=(now - timedelta(hours=1)).isoformat()) == []
     # The same instants written in another time zone select the same events.
     plus5 = timezone(timedelta(hours=5))
-    assert len(events(since=(now - timedelta(hours=1)).astimezone(plus5).isoformat())) == 3
+    assert len(events(since=(now - timedelta(hours=1)).astimezone(plus5).isoformat())) == 4
     assert events(until=(now - timedelta(hours=1)).astimezone(plus5).isoformat()) == []
     for bad in ({"since": "yesterday"}, {"limit": 0}, {"limit": 501}, {"person_id": -1}):
         assert admin.get("/v1/events", params=bad).json()["code"] == "invalid_request", bad
@@ -580,7 +593,7 @@ def test_add_frames_and_verify_with_real_faces(
     # The enrolled photos again: within the tight threshold whatever the model.
     added = tight.post(f"/v1/persons/{alice['id']}/frames", **multipart(alice_photos))
     assert added.status_code == 200, added.text
-    assert added.json()["person"]["frame_count"] == 6
+    assert added.json()["frame_count"] == 6
     after = store_counts(clean_runtime)
     assert after.frame_embeddings == before.frame_embeddings + 3
     assert (after.templates, after.generation) == (before.templates, before.generation + 1)
@@ -590,7 +603,9 @@ def test_add_frames_and_verify_with_real_faces(
     assert (same["decision"], same["person"]["id"]) == ("granted", alice["id"])
     other = tight.post(f"/v1/persons/{alice['id']}/verify", headers=door, **multipart(bob_photos)).json()
     assert (other["decision"], other["reason"]) == ("denied", "no_match")
-    assert other["distance"] > same["distance"]
+    assert other["distance"] is None  # a denied door learns no distance to hill-climb on
+    as_admin = tight.post(f"/v1/persons/{alice['id']}/verify", **multipart(bob_photos)).json()
+    assert as_admin["decision"] == "denied" and as_admin["distance"] > same["distance"]
 
 
 # -- a response is sent only once its writes are committed ------------------------------------------

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Request, UploadFile
 
 from app import recognition
 from app.api.common import audit, read_frames
-from app.api.deps import AdminKey, Multipart, RuntimeDep, SessionDep, audit_context
+from app.api.deps import AdminKey, Multipart, RuntimeDep, SessionDep, attempt, audit_context
 from app.api.schemas import DeletionConfirm, DeletionDone, DeletionRequestPublic, PersonRef
 from app.core.errors import ApiError, error_responses
 from app.store import crud
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion"])
     "",
     response_model=DeletionRequestPublic,
     status_code=201,
-    dependencies=[Multipart],
+    dependencies=[attempt("deletion_request"), Multipart],
     responses=error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
     summary="Find who a burst is, and get a one-time token to delete them",
 )

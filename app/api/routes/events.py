@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from app.api.deps import AdminKey, SessionDep
 from app.api.schemas import EventPublic, EventsPublic
+from app.api.validation import InstantCheck, TextCheck
 from app.core.errors import error_responses
 from app.store import crud
 from app.store.models import Event
@@ -21,17 +22,16 @@ router = APIRouter(prefix="/v1/events", tags=["audit"])
 def list_events(
     session: SessionDep,
     _: AdminKey,
-    since: Annotated[datetime | None, Query(description="inclusive, ISO 8601")] = None,
-    until: Annotated[datetime | None, Query(description="exclusive, ISO 8601")] = None,
-    door_id: Annotated[str | None, Query(max_length=200)] = None,
+    since: Annotated[datetime | None, Query(description="inclusive, ISO 8601"), InstantCheck] = None,
+    until: Annotated[datetime | None, Query(description="exclusive, ISO 8601"), InstantCheck] = None,
+    door_id: Annotated[str | None, Query(max_length=200), TextCheck] = None,
     person_id: Annotated[int | None, Query(ge=0, le=2**62)] = None,
-    decision: Annotated[str | None, Query(max_length=20, description="granted, denied, enrolled, deleted, error")] = None,
-    kind: Annotated[str | None, Query(max_length=40)] = None,
+    decision: Annotated[str | None, Query(max_length=20, description="granted, denied, enrolled, deleted, error"), TextCheck] = None,
+    kind: Annotated[str | None, Query(max_length=40), TextCheck] = None,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> EventsPublic:
     conditions = []
-    since, until = crud.as_utc(since), crud.as_utc(until)
     if since is not None:
         conditions.append(Event.created_at >= since)
     if until is not None:

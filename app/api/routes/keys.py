@@ -18,16 +18,7 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
 def key_public(row: ApiKey) -> KeyPublic:
-    return KeyPublic(
-        id=row.id,
-        name=row.name,
-        scope=row.scope,
-        prefix=row.prefix,
-        created_at=crud.as_aware(row.created_at),
-        expires_at=crud.as_aware(row.expires_at),
-        revoked_at=crud.as_aware(row.revoked_at),
-        last_used_at=crud.as_aware(row.last_used_at),
-    )
+    return KeyPublic.model_validate(row, from_attributes=True)
 
 
 @router.post(

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 
 from app import recognition
 from app.api.common import audit, frames_public, person_public, read_frames
-from app.api.deps import AdminKey, Multipart, RowId, RuntimeDep, SessionDep, audit_context
-from app.api.schemas import DeletionDone, FramesAdded, PersonEnrolled, PersonPublic, PersonRef, PersonsPublic, PersonUpdate
+from app.api.deps import AdminKey, Multipart, RowId, RuntimeDep, SessionDep, attempt, audit_context
+from app.api.schemas import DeletionDone, PersonPublic, PersonRef, PersonsPublic, PersonUpdate, PersonWithFrames
+from app.api.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, InvalidInput, NameCheck, TextCheck, parse_metadata
 from app.core.errors import ApiError, error_responses, not_found
 from app.store import crud
 from app.store.models import Person
@@ -19,17 +19,10 @@ router = APIRouter(prefix="/v1/persons", tags=["persons"])
 
 
 def _metadata(raw: str | None) -> dict[str, Any]:
-    if raw is None or raw == "":
-        return {}
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ApiError(422, "invalid_metadata", f"metadata must be a JSON object: {exc.msg}") from exc
-    if not isinstance(value, dict):
-        raise ApiError(422, "invalid_metadata", "metadata must be a JSON object")
-    if len(raw) > 16_384:
-        raise ApiError(422, "invalid_metadata", "metadata is limited to 16 KiB")
-    return value
+        return parse_metadata(raw)
+    except InvalidInput as exc:
+        raise ApiError(422, exc.code, exc.message, {"field": "metadata"}) from exc
 
 
 def _get(session: Any, person_id: int) -> Person:
@@ -41,9 +34,9 @@ def _get(session: Any, person_id: int) -> Person:
 
 @router.post(
     "",
-    response_model=PersonEnrolled,
+    response_model=PersonWithFrames,
     status_code=201,
-    dependencies=[Multipart],
+    dependencies=[attempt("enrol"), Multipart],
     responses=error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
     summary="Enrol a person from a burst of frames",
 )
@@ -52,10 +45,16 @@ def enrol(
     runtime: RuntimeDep,
     session: SessionDep,
     principal: AdminKey,
-    name: Annotated[str, Form(min_length=1, max_length=200)],
+    name: Annotated[str, Form(min_length=1, max_length=200, description="surrounding white space is stripped"), NameCheck],
     frames: Annotated[list[UploadFile], File(description="at least MIN_ENROL_FRAMES usable frames")],
-    metadata: Annotated[str | None, Form(description='a JSON object, e.g. {"badge": "A-17"}')] = None,
-) -> PersonEnrolled:
+    metadata: Annotated[
+        str | None,
+        Form(
+            description=f'a JSON object, e.g. {{"badge": "A-17"}}: at most {MAX_METADATA_BYTES // 1024} KiB, '
+            f"nested at most {MAX_METADATA_DEPTH} levels, no control characters"
+        ),
+    ] = None,
+) -> PersonWithFrames:
     """Enrol one template: the sum vector of the usable frames.
 
     Refused with 409 `already_enrolled` (and the person) when the burst already matches
@@ -65,13 +64,12 @@ def enrol(
     """
     audit_context(request, "enrol")
     meta = _metadata(metadata)
-    person, burst = recognition.enrol(runtime, session, name.strip() or name, meta, read_frames(frames, runtime))
+    person, burst = recognition.enrol(runtime, session, name, meta, read_frames(frames, runtime))
     audit(
         session,
         request,
         principal,
         "enrol",
-        status_code=201,
         person_id=person.id,
         model_id=runtime.model_id,
         frames_used=burst.used,
@@ -79,7 +77,7 @@ def enrol(
         decision="enrolled",
     )
     public = person_public(person, burst.used)
-    return PersonEnrolled(**public.model_dump(), frames=frames_public(burst))
+    return PersonWithFrames(**public.model_dump(), frames=frames_public(burst))
 
 
 @router.get("", response_model=PersonsPublic, responses=error_responses(401, 403, 429, 503), summary="List enrolled people")
@@ -89,7 +87,9 @@ def list_persons(
     _: AdminKey,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    name: Annotated[str | None, Query(max_length=200, description="substring of the name")] = None,
+    name: Annotated[
+        str | None, Query(max_length=200, description="case-insensitive substring of the name (% and _ are literal)"), TextCheck
+    ] = None,
 ) -> PersonsPublic:
     persons, count = crud.list_persons(session, offset, limit, name)
     counts = crud.frame_counts(session, [p.id for p in persons], runtime.model_id)
@@ -121,6 +121,12 @@ def get_sample(person_id: RowId, session: SessionDep, _: AdminKey) -> Response:
 def update_person(
     request: Request, person_id: RowId, body: PersonUpdate, runtime: RuntimeDep, session: SessionDep, principal: AdminKey
 ) -> PersonPublic:
+    """Only the fields sent change. `metadata`, when sent, **replaces** the stored object as a
+    whole: it is not merged, so keys left out are removed; send the complete object, or `{}` to
+    clear it. Leave `metadata` out to keep it as it is.
+
+    `curl -X PATCH -H "X-API-Key: $ADMIN" -H 'content-type: application/json' -d '{"metadata": {"badge": "A-18"}}' http://localhost:8000/v1/persons/7`
+    """
     person = _get(session, person_id)
     if body.name is not None:
         person.name = body.name
@@ -134,8 +140,8 @@ def update_person(
 
 @router.post(
     "/{person_id}/frames",
-    response_model=FramesAdded,
-    dependencies=[Multipart],
+    response_model=PersonWithFrames,
+    dependencies=[attempt("add_frames"), Multipart],
     responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
     summary="Add frames; the template is re-fused from all the person's frames",
 )
@@ -146,8 +152,11 @@ def add_frames(
     session: SessionDep,
     principal: AdminKey,
     frames: Annotated[list[UploadFile], File()],
-) -> FramesAdded:
-    """Refused with 409 `face_mismatch` when the new frames are not this person's face."""
+) -> PersonWithFrames:
+    """Refused with 409 `face_mismatch` when the new frames are not this person's face.
+
+    Answers like enrolment: the person (with `frame_count`, every frame now fused into the
+    template) and what became of each frame of this burst."""
     audit_context(request, "add_frames", person_id=person_id)
     person, burst, total = recognition.add_frames(runtime, session, person_id, read_frames(frames, runtime))
     audit(
@@ -160,7 +169,7 @@ def add_frames(
         frames_used=burst.used,
         frames_rejected=burst.rejected(),
     )
-    return FramesAdded(person=person_public(person, total), frames=frames_public(burst))
+    return PersonWithFrames(**person_public(person, total).model_dump(), frames=frames_public(burst))
 
 
 @router.delete(

@@ -8,21 +8,22 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from app import recognition
 from app.api.common import audit_decision, frames_public, read_frames
-from app.api.deps import DoorKey, Multipart, RowId, RuntimeDep, SessionDep, audit_context
+from app.api.deps import DoorKey, Multipart, RowId, RuntimeDep, SessionDep, attempt, audit_context
 from app.api.schemas import IdentifyPublic, PersonRef, VerifyPublic
+from app.api.validation import TextCheck
 from app.core.errors import error_responses
 from app.store.models import Person
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
 
 FramesField = Annotated[list[UploadFile], File(description="1..MAX_FRAMES JPEG or PNG frames of one person")]
-DoorField = Annotated[str | None, Form(max_length=200, description="which door is asking (recorded in the audit log)")]
+DoorField = Annotated[str | None, Form(max_length=200, description="which door is asking (recorded in the audit log)"), TextCheck]
 
 
 @router.post(
     "/identify",
     response_model=IdentifyPublic,
-    dependencies=[Multipart],
+    dependencies=[attempt("identify"), Multipart],
     responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503),
     summary="Identify a burst of frames: grant or deny",
 )
@@ -60,7 +61,7 @@ def identify(
 @router.post(
     "/persons/{person_id}/verify",
     response_model=VerifyPublic,
-    dependencies=[Multipart],
+    dependencies=[attempt("verify"), Multipart],
     responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
     summary="Verify (1:1) a burst against one person",
 )

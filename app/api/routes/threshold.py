@@ -45,6 +45,18 @@ def put_threshold(
     return _public(runtime, session)
 
 
+@router.delete(
+    "", response_model=ThresholdPublic, responses=error_responses(401, 403, 429, 503), summary="Go back to the model's thresholds"
+)
+def reset_threshold(request: Request, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> ThresholdPublic:
+    """Forget the stored distance: every burst size uses the model's own threshold again."""
+    old = crud.stored_threshold(session)
+    if old is not None:
+        crud.set_threshold(session, None)
+        audit(session, request, principal, "threshold", threshold=None, reason=f"reset; was {old:.6f}", model_id=runtime.model_id)
+    return _public(runtime, session)
+
+
 @router.post(
     "/calibrate",
     response_model=CalibratePublic,
