@@ -512,4 +512,4 @@ def test_make_pairs_and_pairs_on_real_photos(trained_run: Path, shared_dir: Path
     )
     assert report["failed_alignments"] == 1 and report["failed_pairs"] == 1
     assert str(lfw / "Noise" / "Noise_0001.jpg") in report["failures"]
-    assert report["distances"][1] == [0, False, 1.0]  # scored as a non-match
+    assert report["distances"][1] == [0, False, evaluate.FAILED_PAIR_DISTANCE] == [0, False, 2.0]  # scored as a non-match

@@ -546,7 +546,9 @@ def test_confirm_by_face_deletion_with_real_faces(
 ) -> None:
     alice_photos, bob_photos = (door_faces[name][:3] for name in list(door_faces)[:2])
     alice, bob = _enrol(tight, "Alice", alice_photos), _enrol(tight, "Bob", bob_photos)
-    assert alice["frame_count"] == 3 and alice["frames"] == [{"index": i, "used": True, "reason": None} for i in range(3)]
+    assert alice["frame_count"] == 3
+    assert [(f["index"], f["used"], f["reason"], f["faces"]) for f in alice["frames"]] == [(i, True, None, 1) for i in range(3)]
+    assert all(len(f["face_box"]) == 4 for f in alice["frames"])
     assert tight.get(f"/v1/persons/{alice['id']}/sample").headers["content-type"] == "image/jpeg"
 
     again = tight.post("/v1/persons", **multipart(alice_photos, name="Alice again"))

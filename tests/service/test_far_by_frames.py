@@ -61,10 +61,16 @@ def test_strangers_are_granted_no_more_often_than_the_far_allows(
     admin: TestClient, clean_runtime: Runtime, faces: dict[str, list[bytes]], n: int
 ) -> None:
     people = list(faces)
-    enrolled, strangers = people[: len(people) // 2], people[len(people) // 2 :]
-    for name in enrolled:
+    candidates, strangers = people[: len(people) // 2], people[len(people) // 2 :]
+    enrolled = []
+    for name in candidates:
         r = admin.post("/v1/persons", **multipart(faces[name][:5], name=name))  # type: ignore[arg-type]
-        assert r.status_code == 201, r.text
+        # A face already matching someone enrolled is refused (the duplicate check); it is then
+        # neither enrolled nor a stranger here.
+        assert r.status_code in (201, 409), r.text
+        if r.status_code == 201:
+            enrolled.append(name)
+    assert len(enrolled) >= 2, "too few held-out people could be enrolled to measure anything"
     far = clean_runtime.package.default_far
     assert far is not None
     grants = 0
