@@ -1,4 +1,4 @@
-"""Align a face dataset once and cache the 160x160 crops for training and evaluation.
+"""Align a face dataset once and cache the aligned crops (112x112 by default) for training and evaluation.
 
     python -m training.prepare --tree ../shared/data/faces/celeba_aligned \\
         --tree ../shared/data/faces/celeba_wild --out var/crops/celeba

@@ -142,7 +142,7 @@ class ModelPackage:
 
 
 class Embedder:
-    """Aligned 160x160 RGB crops -> L2-normalised embeddings, via the package's TFLite file."""
+    """Aligned RGB crops (the package's input size) -> L2-normalised embeddings, via the package's TFLite file."""
 
     def __init__(self, package: ModelPackage, num_threads: int = 1):
         self.package = package

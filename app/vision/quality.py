@@ -41,7 +41,7 @@ class FaceQuality:
 
 def measure(face: AlignedFace) -> FaceQuality:
     grey = cv2.cvtColor(face.crop, cv2.COLOR_RGB2GRAY)
-    # Erode the hull so its black border does not count as detail or as darkness.
+    # Erode the hull so the edge between face and background does not count as detail.
     inner = cv2.erode(face.mask, np.ones((9, 9), np.uint8)) > 0
     if not inner.any():
         inner = face.mask > 0
