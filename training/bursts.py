@@ -64,7 +64,7 @@ def split_photos(rows: np.ndarray, seed: int, identity: str) -> tuple[np.ndarray
 
 def burst_distances(
     vectors: np.ndarray, templates: list[np.ndarray], queries: list[np.ndarray], n: int, template_frames: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+) -> np.ndarray:
     """(person x person) distances of one repetition: query bursts of n frames against templates.
 
     ``vectors`` is (variants, photos, d); a frame is a random (variant, photo) of the person's own photos.
@@ -155,7 +155,7 @@ def table_markdown(report: dict[str, Any], far: float = 0.001) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from training.evaluate import _json_default, load_model, select_identities
+    from training.evaluate import _json_default, load_model, read_identity_list, select_identities
     from training.prepare import CropCache
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,11 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.identities and not args.all_identities:
         parser.error("give --identities or --all-identities")
     cache = CropCache.load(args.cache)
-    wanted = None
-    if args.identities:
-        from training.evaluate import read_identity_list
-
-        wanted = read_identity_list(args.identities)
+    wanted = read_identity_list(args.identities) if args.identities else None
     rows = select_identities(cache.identities, wanted, args.all_identities, args.cache)
     model = load_model(args.model)
     vectors = embed_variants(model.embed, np.asarray(cache.crops[rows]), args.variants, args.seed)

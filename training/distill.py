@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from training.data import PairBatches, door_augmentation, pair_mask, rows_by_identity, split_identities
 from training.datasets import UNLABELED
+from training.evaluate import best_threshold
 from training.losses import pair_loss
 from training.model import DEFAULT_WEIGHTS, build_embedder, recalibrate_batchnorm
 from training.prepare import CropCache
@@ -84,9 +85,7 @@ def load_data(args: argparse.Namespace, out: Path) -> DistillData:
     keys = [str(Path(p).resolve().relative_to(root)) for p in cache.paths]
     teacher, found = labels.lookup(keys)
     labelled = np.array([i != UNLABELED for i in cache.identities])
-    grouped = rows_by_identity(cache.identities[labelled])
-    labelled_rows = np.flatnonzero(labelled)
-    grouped = {k: [int(labelled_rows[r]) for r in v] for k, v in grouped.items()}
+    grouped = {k: v for k, v in rows_by_identity(cache.identities).items() if k != UNLABELED}
     split = split_identities(grouped, args.val_fraction, args.split_seed)
     split.save(out / "split.json")
     train_part = {i: grouped[i] for i in split.train}
@@ -108,7 +107,7 @@ def load_data(args: argparse.Namespace, out: Path) -> DistillData:
 
 
 class Batches:
-    """Row indices (and how many lead as a pair batch) of every step, by loss mode, resumable by step."""
+    """Row indices of every step's batch, by loss mode, resumable by step; the first ``2 * pair_bs`` rows form the pair batch."""
 
     def __init__(self, data: DistillData, loss: str, batch: int, seed: int, start_step: int):
         self.loss, self.batch = loss, batch
@@ -146,16 +145,9 @@ def verification_accuracy(vectors: np.ndarray, owners: np.ndarray, seed: int = 0
     a, b = rng.integers(0, len(owners), size=(2, 4 * len(same_i)))
     keep = owners[a] != owners[b]
     a, b = a[keep][: len(same_i)], b[keep][: len(same_i)]
-    scores = np.concatenate([np.sum(vectors[same_i] * vectors[same_j], 1), np.sum(vectors[a] * vectors[b], 1)])
-    same = np.concatenate([np.ones(len(same_i)), np.zeros(len(a))])
-    order = np.argsort(-scores, kind="stable")
-    ranked = scores[order]
-    # Accepting the top k scores: correct = accepted positives + rejected negatives. A threshold
-    # can only fall between two different scores, never inside a run of tied ones.
-    accepted_pos = np.concatenate([[0], np.cumsum(same[order])])
-    rejected_neg = (len(same) - same.sum()) - (np.arange(len(same) + 1) - accepted_pos)
-    cut = np.concatenate([[True], ranked[:-1] != ranked[1:], [True]])
-    return float((accepted_pos + rejected_neg)[cut].max() / len(same))
+    distances = 1.0 - np.concatenate([np.sum(vectors[same_i] * vectors[same_j], 1), np.sum(vectors[a] * vectors[b], 1)])
+    same = np.concatenate([np.ones(len(same_i), bool), np.zeros(len(a), bool)])
+    return best_threshold(distances, same)[1]
 
 
 @dataclass(frozen=True)
