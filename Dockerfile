@@ -15,8 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     GLOG_minloglevel=2
 
-# MediaPipe pulls in opencv-contrib-python, which is installed over the headless wheel and
-# links libGL and GLib; MediaPipe itself bundles its EGL/GLES libraries. Unpinned on purpose:
+# opencv-contrib-python (MediaPipe's OpenCV, the project's only one) links libGL and GLib; MediaPipe itself bundles its EGL/GLES libraries. Unpinned on purpose:
 # the slim image's Debian release fixes the versions and security updates should come in.
 # hadolint ignore=DL3008
 RUN apt-get update \

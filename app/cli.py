@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from app.core.config import REPO_ROOT, get_settings
@@ -138,42 +137,40 @@ def main(argv: Sequence[str] | None = None) -> None:
             access_log=False,
         )
     elif args.command == "keys":
-        from sqlalchemy import select
-
         from app.api.schemas import KeyPublic
+        from app.core.errors import NotFound
+        from app.services import admin
+        from app.services.audit import CLI
         from app.store import crud
-        from app.store.models import ApiKey
 
         spec = _key_spec(args) if args.keys_command == "create" else None
         # Like `serve`: a database never migrated is migrated first, not a traceback.
         migrate(wait_s=ADMIN_WAIT_S, quiet=True)
         with _session() as session:
             if spec is not None:
-                expires = crud.utcnow() + timedelta(days=spec.expires_in_days) if spec.expires_in_days else None
-                key, row = crud.create_api_key(session, spec.name, spec.scope, expires)
+                key, row = admin.create_key(session, name=spec.name, scope=spec.scope, expires_in_days=spec.expires_in_days, actor=CLI)
                 session.commit()
                 print(json.dumps({"id": row.id, "name": row.name, "scope": row.scope, "key": key}))
                 print("store this key now: it is not shown again", file=sys.stderr)
             elif args.keys_command == "list":
                 # The API's shape (GET /v1/keys): JSON nulls, UTC times with their offset.
-                for row in session.execute(select(ApiKey).order_by(ApiKey.id)).scalars():
+                for row in crud.list_api_keys(session)[0]:
                     public = KeyPublic.model_validate(row, from_attributes=True).model_dump(mode="json")
                     print(json.dumps({**public, "revoked": row.revoked_at is not None}))
             else:
-                revoked = session.get(ApiKey, args.key_id)
-                if revoked is None:
-                    raise SystemExit(f"no key with id {args.key_id}")
-                revoked.revoked_at = crud.utcnow()
+                try:
+                    revoked = admin.revoke_key(session, args.key_id, actor=CLI)
+                except NotFound as exc:
+                    raise SystemExit(f"no key with id {args.key_id}") from exc
                 session.commit()
                 print(json.dumps({"id": revoked.id, "revoked": True}))
     elif args.command == "events":
-        from app.store import crud
+        from app.services import admin
 
         settings = get_settings()
         migrate(wait_s=ADMIN_WAIT_S, quiet=True)
         with _session() as session:
-            gone = crud.purge_events(session, crud.utcnow() - timedelta(days=settings.EVENT_RETENTION_DAYS))
-            tombstones = crud.purge_tombstones(session, crud.utcnow() - timedelta(days=1))
+            gone, tombstones = admin.purge(session, retention_days=settings.EVENT_RETENTION_DAYS)
             session.commit()
         print(json.dumps({"events_deleted": gone, "tombstones_deleted": tombstones}))
 

@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -20,14 +19,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.routes import deletion, events, health, keys, persons, recognition
-from app.api.validation import MAX_METADATA_DEPTH, deep_member
+from app.api.errors import ApiError
+from app.api.routes import deletion, events, health, keys, persons, recognition, threshold
 from app.core.config import Settings, get_settings
-from app.core.errors import ApiError
+from app.core.errors import DomainError
 from app.core.logging import configure_logging, request_id_var
 from app.core.metrics import MODEL, REQUEST_SECONDS, REQUESTS, TEMPLATES
-from app.recognition import Runtime
-from app.store import crud
+from app.core.validation import MAX_METADATA_DEPTH, deep_member
+from app.services import admin, audit
+from app.services.audit import Actor
+from app.services.runtime import Runtime
 
 log = logging.getLogger("facegate")
 
@@ -117,23 +118,21 @@ def _audit_refusal(request: Request, status: int, code: str) -> None:
             return
         # Refused before the route ran: the operation is the route's name (e.g. list_persons).
         context = {"kind": getattr(request.scope.get("route"), "name", None) or "unknown"}
-    principal = getattr(request.state, "principal", None)
+    principal: Actor | None = getattr(request.state, "principal", None)
     key_name = principal.name if principal else getattr(request.state, "key_name", None)
-    started = getattr(request.state, "started", None)
     try:
         with runtime.sessions() as session:
-            crud.record_event(
+            audit.record_refusal(
                 session,
                 kind=context.get("kind", "unknown"),
+                code=code,
+                status_code=status,
+                key_name=key_name,
+                request_id=request_id_var.get(),
+                started=getattr(request.state, "started", None),
+                model_id=runtime.model_id,
                 door_id=context.get("door_id"),
                 person_id=context.get("person_id"),
-                decision="error",
-                reason=code,
-                status_code=status,
-                request_id=request_id_var.get(),
-                key_name=key_name,
-                model_id=runtime.model_id,
-                latency_ms=round((time.perf_counter() - started) * 1000, 2) if started else None,
             )
             session.commit()
     except Exception:
@@ -190,6 +189,10 @@ def install_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return await asyncio.to_thread(_error_response, request, exc)
 
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        return await asyncio.to_thread(_error_response, request, ApiError.from_domain(exc))
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
@@ -229,9 +232,7 @@ def install_handlers(app: FastAPI) -> None:
 
 
 def _sync_index(runtime: Runtime) -> None:
-    with runtime.sessions() as session:
-        runtime.index.sync(session)
-    TEMPLATES.set(len(runtime.index))
+    TEMPLATES.set(admin.warm_index(runtime))
 
 
 async def _wait_for_database(runtime: Runtime) -> None:
@@ -263,10 +264,9 @@ async def _purge_loop(runtime: Runtime) -> None:
 def purge(runtime: Runtime) -> tuple[int, int]:
     """Delete events older than the retention and tombstones every replica has seen."""
     with runtime.sessions() as session:
-        events_gone = crud.purge_events(session, crud.utcnow() - timedelta(days=runtime.settings.EVENT_RETENTION_DAYS))
-        tombstones_gone = crud.purge_tombstones(session, crud.utcnow() - timedelta(days=1))
+        gone = admin.purge(session, retention_days=runtime.settings.EVENT_RETENTION_DAYS)
         session.commit()
-    return events_gone, tombstones_gone
+    return gone
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
@@ -342,11 +342,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         request_id_var.reset(token)
         return response
 
-    for module in (recognition, persons, deletion, health, keys, events):
+    for module in (recognition, persons, deletion, threshold, health, keys, events):
         app.include_router(module.router)
-    from app.api.routes import threshold
-
-    app.include_router(threshold.router)
     app.add_middleware(BodyLimit, max_bytes=settings.MAX_REQUEST_BYTES)
     return app
 

@@ -180,7 +180,7 @@ def scan_phase(sizes: list[int], queries: int, dim: int) -> list[dict[str, Any]]
     import simsimd
 
     from app.core.config import Settings
-    from app.store.index import TemplateIndex, quantise
+    from app.matching.index import TemplateIndex, quantise
 
     # The same scan threads the service uses (SCAN_THREADS, from the environment or default).
     threads = Settings().SCAN_THREADS

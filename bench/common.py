@@ -119,8 +119,8 @@ def seed_templates(database_url: str, model_id: str, count: int, dim: int, seed:
 
     from app.core.config import Settings
     from app.store import crud
+    from app.store.crud import vector_to_bytes
     from app.store.db import make_engine, make_session_factory
-    from app.store.index import vector_to_bytes
     from app.store.models import Person, Template
 
     rng = np.random.default_rng(seed)
@@ -133,7 +133,9 @@ def seed_templates(database_url: str, model_id: str, count: int, dim: int, seed:
             for start in range(0, count, batch):
                 vectors = random_unit_vectors(min(batch, count - start), dim, rng)
                 for i, vector in enumerate(vectors):
-                    crud.create_person(session, f"synthetic-{start + i}", {"synthetic": True}, None, model_id, vector[None, :])
+                    person = crud.create_person(session, name=f"synthetic-{start + i}", metadata={"synthetic": True}, sample_jpeg=None)
+                    crud.add_frame_embeddings(session, person_id=person.id, model_id=model_id, vectors=vector[None, :])
+                    crud.put_template(session, person_id=person.id, model_id=model_id, vector=vector, frame_count=1)
                 session.commit()
         else:
             seq = crud.bump_generation(session)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from app.core.config import SHARED_DIR
 from app.vision.align import (
     MOUTH_IMAGE_LEFT,
     MOUTH_IMAGE_RIGHT,
@@ -21,7 +20,7 @@ from app.vision.align import (
 )
 from app.vision.decode import read_image_file
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
+FACES = SHARED_DIR / "data" / "faces"
 
 
 def rotation(degrees: float) -> np.ndarray:

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from app.vision.fusion import l2_normalise, pairwise_distances
+from app.matching.fusion import l2_normalise, pairwise_distances
 from training import evaluate, export, train
 from training.data import split_identities
 

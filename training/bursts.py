@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from app.vision.fusion import l2_normalise
+from app.matching.fusion import l2_normalise
 from training.data import door_augmentation
 
 FRAMES = tuple(range(1, 17))

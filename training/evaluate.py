@@ -13,7 +13,7 @@
 
 Every subcommand prints a plain-text table and writes JSON and PNG files into ``--out``.
 
-Distances are always the method's normalised distance (``app.vision.fusion``): the figures
+Distances are always the method's normalised distance (``app.matching.fusion``): the figures
 here are on the same 0..1 scale as the service's threshold. A model is a Keras file (run
 through one compiled ``tf.function`` in batches) or a TFLite file (run through the service's
 own ``LiteRTModel``), so the shipped artefact itself can be measured.
@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from app.matching.fusion import fuse, l2_normalise
 from app.vision.embedder import sha256_file
-from app.vision.fusion import fuse, l2_normalise
 from training.datasets import IMAGE_SUFFIXES
 from training.teacher import TEACHER_SHA256
 
@@ -181,7 +181,7 @@ def fused_protocol(vectors: np.ndarray, owners: np.ndarray, rng: np.random.Gener
 
     Queries are the vectors of identities with at least two vectors; every vector is in the
     gallery, so identities with one vector act as distractors. Distances are the method's
-    distance in the form ``app.vision.fusion.pairwise_distances`` uses for unit vectors,
+    distance in the form ``app.matching.fusion.pairwise_distances`` uses for unit vectors,
     ``1 - a.b``, computed in row blocks so a large set never needs the whole matrix at once.
     """
     count = len(vectors)
@@ -555,12 +555,12 @@ class ImageResolver:
 
 def read_rgb(path: Path) -> np.ndarray | None:
     """Decode with the service's decoder, as ``training.prepare`` does; None when it refuses the file."""
-    from app.core.errors import ApiError
+    from app.core.errors import DomainError
     from app.vision.decode import read_image_file
 
     try:
         return read_image_file(path)
-    except ApiError:
+    except DomainError:
         return None
 
 

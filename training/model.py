@@ -16,7 +16,9 @@ from typing import Literal
 import keras
 import numpy as np
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "mobilenet_v2_1.0_no_top.weights.h5"
+from app.core.config import SHARED_DIR
+
+DEFAULT_WEIGHTS = SHARED_DIR / "weights" / "mobilenet_v2_1.0_no_top.weights.h5"
 TrainableMode = Literal["frozen", "partial", "full"]
 BatchNormMode = Literal["frozen", "train"]
 

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from app.core.errors import ApiError
+from app.core.errors import DomainError
 from app.vision.align import ALIGNMENT_VERSION, DEFAULT_CROP_SIZE, FaceAligner
 from app.vision.decode import read_image_file
 from training.datasets import ImageRecord, read_folder_tree, read_identity_list, read_image_folder
@@ -73,7 +73,7 @@ def _align_one(path: str) -> tuple[str, np.ndarray | None, str | None]:
     assert _worker_aligner is not None
     try:
         image = read_image_file(path)
-    except ApiError as exc:
+    except DomainError as exc:
         return path, None, exc.code
     result = _worker_aligner.align(image, pick_largest=True)
     if result.face is None:

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from app.core.errors import ApiError
+from app.core.errors import DomainError
 from app.vision.align import ALIGNMENT_VERSION, DEFAULT_CROP_SIZE, FaceAligner
 from app.vision.decode import read_image_file
 from app.vision.embedder import sha256_file
@@ -186,7 +186,7 @@ def _label_one(item: tuple[str, str]) -> tuple[str, np.ndarray | None, str | Non
     else:
         try:
             image = read_image_file(path)
-        except ApiError as exc:
+        except DomainError as exc:
             return key, None, exc.code
         aligner = _worker["aligner"]
         assert isinstance(aligner, FaceAligner)

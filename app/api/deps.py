@@ -1,11 +1,11 @@
-"""Dependencies: the runtime, a database session, the calling key and its rate limit."""
+"""Dependencies: the runtime, a database session, the calling key (an Actor) and its rate limit."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import APIKeyHeader
@@ -14,10 +14,11 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.orm import Session
 
-from app.api.validation import control_character
-from app.core.errors import ApiError
-from app.recognition import Runtime
-from app.store import crud
+from app.api.errors import ApiError
+from app.core.logging import request_id_var
+from app.services import auth
+from app.services.audit import Actor
+from app.services.runtime import Runtime
 from app.store.db import session_scope
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key from `facegate keys create` or POST /v1/keys")
@@ -46,60 +47,38 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
-@dataclass(frozen=True)
-class Principal:
-    key_id: int | None
-    name: str
-    scope: str
-
-
-def _authenticate(request: Request, runtime: Runtime, key: str | None, needed: str) -> Principal:
+def _authenticate(request: Request, runtime: Runtime, key: str | None, needed: Literal["door", "admin"]) -> Actor:
     if not runtime.settings.AUTH_ENABLED:
-        principal = Principal(None, "anonymous", "admin")
+        actor = Actor(name="anonymous", scope="admin")
     else:
-        if not key:
-            raise ApiError(401, "missing_api_key", "send an API key in the X-API-Key header", headers={"WWW-Authenticate": "APIKey"})
         with runtime.sessions() as session:
-            # A key with control characters is no key of ours: never sent to the database.
-            row = crud.find_api_key(session, key) if control_character(key) is None else None
-            now = datetime.now(UTC)
-            if row is None:
-                raise ApiError(401, "invalid_api_key", "this API key is not known", headers={"WWW-Authenticate": "APIKey"})
-            # The audit of a refusal names the key (never records the key itself).
-            request.state.key_name = row.name
-            if row.revoked_at is not None:
-                raise ApiError(401, "revoked_api_key", "this API key has been revoked", headers={"WWW-Authenticate": "APIKey"})
-            expires = crud.as_aware(row.expires_at)
-            if expires is not None and expires <= now:
-                raise ApiError(401, "expired_api_key", "this API key has expired", headers={"WWW-Authenticate": "APIKey"})
-            principal = Principal(row.id, row.name, row.scope)
-            last = crud.as_aware(row.last_used_at)
-            if last is None or (now - last).total_seconds() > 60:
-                # Touch at most once a minute: a write per identify would cost more than the scan.
-                row.last_used_at = now
-                session.commit()
-    request.state.principal = principal
-    if needed == "admin" and principal.scope != "admin":
-        raise ApiError(403, "insufficient_scope", f"this endpoint needs an admin key; {principal.name!r} is a {principal.scope} key")
+            try:
+                actor = auth.authenticate(session, key, needed=needed)
+            except (auth.KeyRefused, auth.ScopeRefused) as exc:
+                # The audit of a refusal names the key (never records the key itself).
+                request.state.key_name = exc.key_name
+                raise
+    actor = replace(actor, request_id=request_id_var.get(), started=getattr(request.state, "started", None))
+    request.state.principal = actor
     limit = parse(runtime.settings.RATE_LIMIT_DOOR if needed == "door" else runtime.settings.RATE_LIMIT_ADMIN)
-    bucket = f"{principal.key_id or principal.name}:{needed}"
+    bucket = f"{actor.key_id or actor.name}:{needed}"
     if not _limiter.hit(limit, bucket):
         reset = _limiter.get_window_stats(limit, bucket).reset_time
         retry = max(1, int(reset - datetime.now(UTC).timestamp() + 0.999))
         raise ApiError(429, "rate_limited", f"more than {limit} requests for this key", headers={"Retry-After": str(retry)})
-    return principal
+    return actor
 
 
-def door_key(request: Request, runtime: RuntimeDep, key: Annotated[str | None, Security(api_key_header)]) -> Principal:
+def door_key(request: Request, runtime: RuntimeDep, key: Annotated[str | None, Security(api_key_header)]) -> Actor:
     return _authenticate(request, runtime, key, "door")
 
 
-def admin_key(request: Request, runtime: RuntimeDep, key: Annotated[str | None, Security(api_key_header)]) -> Principal:
+def admin_key(request: Request, runtime: RuntimeDep, key: Annotated[str | None, Security(api_key_header)]) -> Actor:
     return _authenticate(request, runtime, key, "admin")
 
 
-DoorKey = Annotated[Principal, Depends(door_key)]
-AdminKey = Annotated[Principal, Depends(admin_key)]
+DoorKey = Annotated[Actor, Depends(door_key)]
+AdminKey = Annotated[Actor, Depends(admin_key)]
 
 
 def require_multipart(request: Request) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from app.api.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, Metadata, NameCheck, TextCheck
+from app.core.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, Metadata, NameCheck, TextCheck
 
 # A person's or a key's name: surrounding white space stripped, something visible left, no
 # control characters (422 invalid_request / invalid_text).
@@ -138,21 +138,39 @@ class DeletionDone(BaseModel):
     deleted: PersonRef
 
 
+class FarRow(BaseModel):
+    far: float = Field(description="target false-accept rate per comparison")
+    by_frames: dict[int, float] = Field(description="the model's threshold for each number of usable frames fused")
+
+
 class ThresholdPublic(BaseModel):
     threshold: float = Field(description="in force for a burst of `template_frames` frames")
-    source: Literal["stored", "default"] = Field(description="stored: an admin's distance, used for every burst size")
-    default: float = Field(description="the model's threshold for a burst of `template_frames` frames")
+    source: Literal["default", "target_far", "distance", "configured"] = Field(
+        description="default: the model's table at its default FAR; target_far: an admin chose another FAR of the table; "
+        "distance: an admin's raw distance, used for every burst size; configured: DEFAULT_THRESHOLD"
+    )
+    target_far: float | None = Field(description="the FAR whose row of the table applies (null for a raw distance)")
+    by_frames: dict[int, float] = Field(description="the threshold in force for each number of usable frames fused")
+    default: float | None = Field(description="the model's threshold for a burst of `template_frames` frames at its default FAR")
+    default_far: float | None = Field(description="the false-accept rate the model's default thresholds are set at")
+    default_by_frames: dict[int, float] | None = Field(description="the model's default threshold for each number of usable frames")
+    far_table: list[FarRow] = Field(description="the model's whole table: one row per target FAR it was measured at")
     model_id: str
     template_frames: int = Field(description="frames fused into a template at enrolment")
-    default_far: float | None = Field(description="the false-accept rate the model's thresholds are set at")
-    default_by_frames: dict[int, float] | None = Field(
-        description="the model's threshold for each number of usable frames fused in a request"
-    )
 
 
 class ThresholdUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"threshold": 0.25}]})
-    threshold: float = Field(gt=0.0, lt=1.0, description="on the method's distance scale, 0 < t < 1")
+    """Exactly one of the two."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"target_far": 0.0001}, {"threshold": 0.25}]})
+    threshold: float | None = Field(default=None, gt=0.0, lt=1.0, description="a raw distance for every burst size, 0 < t < 1")
+    target_far: float | None = Field(default=None, gt=0.0, lt=1.0, description="a FAR of the model's table (a security level)")
+
+    @model_validator(mode="after")
+    def _one(self) -> ThresholdUpdate:
+        if (self.threshold is None) == (self.target_far is None):
+            raise ValueError("send exactly one of threshold (a distance) or target_far")
+        return self
 
 
 class CalibrateRequest(BaseModel):
@@ -162,7 +180,7 @@ class CalibrateRequest(BaseModel):
 
     method: Literal["min_negative", "target_far"] = "target_far"
     target_far: float = Field(default=0.001, gt=0.0, lt=1.0)
-    apply: bool = Field(default=False, description="store the recommendation as the threshold")
+    apply: bool = Field(default=False, description="store the recommendation (a target FAR, or the min_negative distance)")
     sample: int = Field(default=2000, ge=2, le=5000, description="templates sampled for the negative distances")
 
 
@@ -170,12 +188,22 @@ class CalibratePublic(BaseModel):
     templates_used: int
     min_negative_distance: float | None = Field(description="smallest distance between two enrolled people (the origin's rule)")
     manifest_far_threshold: float | None = Field(
-        description="the model's threshold for target_far on bursts of a template's number of frames, if it carries one"
+        description="the model's threshold at target_far for bursts of a template's number of frames (the table the service applies)"
     )
     recommended: float | None
     method: str
     applied: bool
-    threshold: float
+    threshold: float = Field(description="in force now, for a burst of a template's number of frames")
+
+
+class DistributionsPublic(BaseModel):
+    bins: list[float] = Field(description="histogram bin edges on the distance scale")
+    frames: int = Field(description="frames fused on both sides in the model's evaluation (a template's worth)")
+    genuine: list[int] | None = Field(description="same-person distances from the model's evaluation (null if it has none)")
+    impostor: list[int] | None = Field(description="different-person distances from the model's evaluation")
+    enrolled_nearest: list[int] = Field(description="each sampled enrolled template's distance to its nearest other template")
+    templates_used: int
+    threshold: float = Field(description="in force for bursts of `frames` frames")
 
 
 class KeyCreate(BaseModel):

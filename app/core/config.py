@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,9 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The research data and weights beside the checkout (never copied into it): training, tests
+# and benchmarks read them from here. FACEGATE_SHARED moves it.
+SHARED_DIR = Path(os.environ.get("FACEGATE_SHARED") or REPO_ROOT.parent / "shared")
 
 
 class Settings(BaseSettings):
@@ -70,6 +74,36 @@ class Settings(BaseSettings):
     LOG_LEVEL: str = "INFO"
     LOG_FORMAT: Literal["json", "text"] = "json"
 
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _normalise_url(cls, value: str) -> str:
+        """One spelling per database, decided here: a bare postgres:// or postgresql:// URL
+        means the psycopg 3 driver (the one installed)."""
+        for bare in ("postgres://", "postgresql://"):
+            if value.startswith(bare):
+                return "postgresql+psycopg://" + value[len(bare) :]
+        if not value.startswith(("sqlite:", "postgresql+psycopg:")):
+            raise ValueError("DATABASE_URL must be sqlite:///<file> or postgresql://user@host/db (postgresql+psycopg://)")
+        return value
+
+    @field_validator("MODEL_ID")
+    @classmethod
+    def _model_id(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "/" in value or "\\" in value or value in (".", "..")):
+            raise ValueError("MODEL_ID is the name of a package directory in MODEL_STORE, not a path")
+        return value
+
+    @field_validator("RATE_LIMIT_DOOR", "RATE_LIMIT_ADMIN")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a rate limit such as '10/second' or '600 per minute'") from exc
+        return value
+
     @field_validator("DEFAULT_THRESHOLD")
     @classmethod
     def _threshold_range(cls, value: float | None) -> float | None:
@@ -83,6 +117,11 @@ class Settings(BaseSettings):
             raise ValueError("MIN_ENROL_FRAMES must be between 1 and MAX_FRAMES")
         if self.MIN_BRIGHTNESS >= self.MAX_BRIGHTNESS:
             raise ValueError("MIN_BRIGHTNESS must be below MAX_BRIGHTNESS")
+        if not self.MODEL_STORE.is_dir():
+            raise ValueError(f"MODEL_STORE {self.MODEL_STORE} is not a directory")
+        if self.MODEL_ID is not None and not (self.MODEL_STORE / self.MODEL_ID / "manifest.json").is_file():
+            packages = sorted(p.name for p in self.MODEL_STORE.iterdir() if (p / "manifest.json").is_file())
+            raise ValueError(f"MODEL_ID {self.MODEL_ID!r} is not a package in {self.MODEL_STORE}; there are {packages}")
         return self
 
     @property

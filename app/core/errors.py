@@ -1,35 +1,47 @@
-"""Client-facing errors: a stable machine-readable ``code`` plus a human message.
+"""Domain errors: what went wrong, with a stable machine-readable ``code``, and no HTTP.
 
-Every error body has the same shape, ``{"code": ..., "message": ..., "details": ...}``, so a
-door controller can branch on ``code`` without parsing prose.
+Vision, matching, the store's callers and the flows raise these; ``app.api.errors`` maps each
+class to one status code, so a rule such as "an undecodable frame is a 422" lives in one place.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
 
+class DomainError(Exception):
+    """A refusal a client can act on: ``code`` is stable, ``message`` is for people."""
 
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any] | None = None
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None):
         super().__init__(message)
-        self.status, self.code, self.message, self.details, self.headers = status, code, message, details, headers
-
-    def body(self) -> dict[str, Any]:
-        return ErrorBody(code=self.code, message=self.message, details=self.details).model_dump()
+        self.code, self.message, self.details = code, message, details
 
 
-def not_found(kind: str, ident: object) -> ApiError:
-    return ApiError(404, f"{kind}_not_found", f"no {kind} with id {ident}")
+class InvalidInput(DomainError):
+    """The request is understood but its content cannot be used (a corrupt frame, too few usable frames)."""
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` entry documenting the error envelope for these statuses."""
-    return {s: {"model": ErrorBody} for s in statuses}
+class TooLarge(DomainError):
+    """Over a size limit (bytes, pixels, frames)."""
+
+
+class UnsupportedMedia(DomainError):
+    """Not an image format the service takes."""
+
+
+class NotFound(DomainError):
+    @classmethod
+    def of(cls, kind: str, ident: object) -> NotFound:
+        return cls(f"{kind}_not_found", f"no {kind} with id {ident}")
+
+
+class Conflict(DomainError):
+    """Refused because of what is already stored (an enrolled face, a face that does not match)."""
+
+
+class Unauthenticated(DomainError):
+    """No key, or a key that is unknown, revoked or expired."""
+
+
+class Forbidden(DomainError):
+    """A valid key without the scope the operation needs."""

@@ -22,8 +22,6 @@ def make_engine(settings: Settings) -> Engine:
 
             Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     else:
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url[len("postgresql://") :]
         kwargs.update(pool_size=settings.DB_POOL_SIZE, max_overflow=settings.DB_POOL_SIZE, pool_timeout=settings.DB_CONNECT_TIMEOUT_S)
         kwargs["connect_args"] = {"connect_timeout": settings.DB_CONNECT_TIMEOUT_S}
     engine = create_engine(url, **kwargs)

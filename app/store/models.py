@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
@@ -33,7 +33,8 @@ class StoreState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     generation: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
-    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)  # an admin's raw distance
+    threshold_far: Mapped[float | None] = mapped_column(Float, nullable=True)  # or an admin's target FAR
     threshold_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
@@ -48,9 +49,6 @@ class Person(Base):
     last_matched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow)
-
-    templates: Mapped[list[Template]] = relationship(back_populates="person", cascade="all, delete-orphan", passive_deletes=True)
-    frames: Mapped[list[FrameEmbedding]] = relationship(back_populates="person", cascade="all, delete-orphan", passive_deletes=True)
 
 
 class Template(Base):
@@ -71,8 +69,6 @@ class Template(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow)
 
-    person: Mapped[Person] = relationship(back_populates="templates")
-
 
 class FrameEmbedding(Base):
     """One usable frame's embedding; templates are re-fused from these."""
@@ -84,8 +80,6 @@ class FrameEmbedding(Base):
     model_id: Mapped[str] = mapped_column(String(120), nullable=False)
     vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
-
-    person: Mapped[Person] = relationship(back_populates="frames")
 
 
 class TemplateDeletion(Base):

@@ -9,47 +9,46 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.core.errors import ApiError
+from app.core.errors import InvalidInput, TooLarge, UnsupportedMedia
 
 ALLOWED_FORMATS = {"JPEG", "PNG"}
 
 
 def decode_frame(data: bytes, index: int, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """Bytes -> RGB uint8 array, or an ApiError with a stable code naming the frame.
+    """Bytes -> RGB uint8 array, or a domain error (``app.core.errors``) with a stable code naming the frame.
 
     The header is read before any pixel is decoded, so a 50-megapixel image or a PNG
     decompression bomb is refused without allocating its pixels.
     """
     where = {"frame": index}
     if len(data) == 0:
-        raise ApiError(422, "empty_frame", f"frame {index} is empty", where)
+        raise InvalidInput("empty_frame", f"frame {index} is empty", where)
     if len(data) > max_bytes:
-        raise ApiError(413, "frame_too_large", f"frame {index} has {len(data)} bytes; the limit is {max_bytes}", where)
+        raise TooLarge("frame_too_large", f"frame {index} has {len(data)} bytes; the limit is {max_bytes}", where)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.format not in ALLOWED_FORMATS:
-                raise ApiError(415, "unsupported_image_format", f"frame {index} is {image.format}; send JPEG or PNG", where)
+                raise UnsupportedMedia("unsupported_image_format", f"frame {index} is {image.format}; send JPEG or PNG", where)
             width, height = image.size
             if width * height > max_pixels:
-                raise ApiError(
-                    413,
+                raise TooLarge(
                     "image_too_large",
                     f"frame {index} is {width}x{height} ({width * height} pixels); the limit is {max_pixels}",
                     where,
                 )
             image.load()
             rgb = ImageOps.exif_transpose(image).convert("RGB")
-    except ApiError:
+    except (InvalidInput, TooLarge, UnsupportedMedia):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ApiError(413, "decompression_bomb", f"frame {index} expands beyond the pixel limit", where) from exc
+        raise TooLarge("decompression_bomb", f"frame {index} expands beyond the pixel limit", where) from exc
     except UnidentifiedImageError as exc:
-        raise ApiError(415, "not_an_image", f"frame {index} is not a JPEG or PNG image", where) from exc
+        raise UnsupportedMedia("not_an_image", f"frame {index} is not a JPEG or PNG image", where) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ApiError(
-            422, "corrupt_image", f"frame {index} could not be decoded ({exc.__class__.__name__}): truncated or damaged", where
+        raise InvalidInput(
+            "corrupt_image", f"frame {index} could not be decoded ({exc.__class__.__name__}): truncated or damaged", where
         ) from exc
     return np.asarray(rgb, dtype=np.uint8)
 
@@ -63,6 +62,6 @@ def read_image_file(path: str | Path) -> np.ndarray:
     """A photo file -> RGB uint8, through the same decoder (and EXIF orientation) as uploaded frames.
 
     Training, evaluation and tests read photos with this, so they see the pixels serving sees.
-    Raises :class:`ApiError` with the decoder's stable code when the file is not a usable image.
+    Raises a domain error with the decoder's stable code when the file is not a usable image.
     """
     return decode_frame(Path(path).read_bytes(), 0, FILE_MAX_BYTES, FILE_MAX_PIXELS)

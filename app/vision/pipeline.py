@@ -1,4 +1,4 @@
-"""decode -> quality -> align -> embed for one burst of frames."""
+"""decode -> align (Face Mesh) -> quality checks -> embed, for one burst of frames."""
 
 from __future__ import annotations
 

@@ -16,21 +16,23 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from app.cli import migrate
-from app.core.config import REPO_ROOT, Settings
+from app.core.config import REPO_ROOT, SHARED_DIR, Settings
 from app.main import create_app
-from app.recognition import Runtime
+from app.matching.index import TemplateIndex
+from app.services.runtime import Runtime
 from app.store import crud
-from app.store.index import TemplateIndex
+from app.store.db import make_session_factory
 from app.vision.embedder import find_package, list_packages
 
-SHARED = REPO_ROOT.parent / "shared"
+SHARED = SHARED_DIR
 FACES = SHARED / "data" / "faces"
 PG_URL = os.environ.get("FACEGATE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TABLES = ["events", "deletion_requests", "template_deletions", "frame_embeddings", "templates", "persons", "api_keys"]
@@ -113,7 +115,7 @@ def clean_runtime(runtime: Runtime) -> Runtime:
 
 def make_key(rt: Runtime, scope: str, name: str | None = None) -> str:
     with rt.sessions() as session:
-        key, _ = crud.create_api_key(session, name or f"test-{scope}", scope)
+        key, _ = crud.create_api_key(session, name=name or f"test-{scope}", scope=scope)
         session.commit()
     return key
 
@@ -123,7 +125,7 @@ def stale_keys(rt: Runtime, revoked_name: str = "revoked", expired_name: str = "
     revoked, expired = make_key(rt, "admin", revoked_name), make_key(rt, "admin", expired_name)
     with rt.sessions() as session:
         for key, column in ((revoked, "revoked_at"), (expired, "expires_at")):
-            row = crud.find_api_key(session, key)
+            row = crud.find_api_key(session, key=key)
             assert row is not None
             setattr(row, column, crud.utcnow() - timedelta(minutes=1))
         session.commit()
@@ -260,3 +262,29 @@ def multipart(frames: list[bytes], **fields: str) -> dict[str, object]:
         "files": [("frames", (f"f{i}.jpg", data, "image/jpeg")) for i, data in enumerate(frames)],
         "data": fields,
     }
+
+
+@pytest.fixture
+def tight(admin: TestClient) -> TestClient:
+    """A threshold so tight only the very frames that were enrolled match (distance ~0)."""
+    assert admin.put("/v1/threshold", json={"threshold": 0.01}).status_code == 200
+    return admin
+
+
+@pytest.fixture
+def swap_engine(clean_runtime: Runtime) -> Iterator[Any]:
+    """Point the runtime at another engine for a while; the real one is always put back."""
+    original = clean_runtime.engine, clean_runtime.sessions
+    made: list[Engine] = []
+
+    def swap(engine: Engine | None) -> None:
+        if engine is None:
+            clean_runtime.engine, clean_runtime.sessions = original
+        else:
+            made.append(engine)
+            clean_runtime.engine, clean_runtime.sessions = engine, make_session_factory(engine)
+
+    yield swap
+    clean_runtime.engine, clean_runtime.sessions = original
+    for engine in made:
+        engine.dispose()

@@ -10,15 +10,16 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
 from sqlalchemy import func, select
 
-from app.recognition import Runtime
+from app.matching.fusion import fuse, l2_normalise
+from app.services.runtime import Runtime
 from app.store import crud
 from app.store.models import ApiKey, DeletionRequest, FrameEmbedding, Person, StoreState, Template
-from app.vision.fusion import l2_normalise
 
 # -- encoders ----------------------------------------------------------------------------------
 
@@ -168,7 +169,9 @@ def seed_person(
         vectors = np.random.default_rng(seed).standard_normal((frames, rt.package.embedding_size)).astype(np.float32)
     vectors = l2_normalise(np.atleast_2d(vectors))
     with rt.sessions() as session:
-        person = crud.create_person(session, name, {"seeded": True}, sample_jpeg, rt.model_id, vectors)
+        person = crud.create_person(session, name=name, metadata={"seeded": True}, sample_jpeg=sample_jpeg)
+        crud.add_frame_embeddings(session, person_id=person.id, model_id=rt.model_id, vectors=vectors)
+        crud.put_template(session, person_id=person.id, model_id=rt.model_id, vector=fuse(vectors), frame_count=len(vectors))
         session.commit()
         return person.id
 
@@ -178,3 +181,12 @@ def unit(rt: Runtime, *weights: float) -> np.ndarray:
     vector = np.zeros(rt.package.embedding_size, dtype=np.float32)
     vector[: len(weights)] = weights
     return l2_normalise(vector)
+
+
+def enrol(http: Any, name: str, photos: list[bytes]) -> dict[str, Any]:
+    """Enrol through the API; the person as answered."""
+    from tests.service.conftest import multipart
+
+    response = http.post("/v1/persons", **multipart(photos, name=name))
+    assert response.status_code == 201, response.text
+    return response.json()

@@ -21,7 +21,7 @@ from app import cli
 from app.api import deps
 from app.core.config import REPO_ROOT, get_settings
 from app.main import create_app
-from app.recognition import Runtime
+from app.services.runtime import Runtime
 from app.store.db import make_session_factory
 from app.store.models import Event
 from tests.service.conftest import make_key, multipart, stale_keys

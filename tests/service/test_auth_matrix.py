@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from app.api import deps
 from app.core.config import Settings
 from app.main import create_app
-from app.recognition import Runtime
+from app.services.runtime import Runtime
 from app.store import crud
 from tests.service.conftest import make_key, multipart, stale_keys
 from tests.service.inputs import grey_jpeg, seed_person
@@ -81,7 +81,7 @@ def test_every_credential_on_every_endpoint(
 ) -> None:
     person_id = seed_person(clean_runtime)
     with clean_runtime.sessions() as session:
-        _, spare = crud.create_api_key(session, "spare", "door")
+        _, spare = crud.create_api_key(session, name="spare", scope="door")
         session.commit()
         key_id = spare.id
     request = _request(method, path, person_id, key_id)

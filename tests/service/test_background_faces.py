@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.recognition import Runtime
+from app.services.runtime import Runtime
 from tests.service.conftest import multipart
 from tests.service.inputs import jpeg, store_counts
 

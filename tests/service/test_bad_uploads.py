@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
-from app.core.errors import ApiError
+from app.core.errors import DomainError
 from app.main import create_app
-from app.recognition import Runtime
+from app.services.runtime import Runtime
 from app.vision.decode import decode_frame
 from tests.service.conftest import multipart
 from tests.service.inputs import (
@@ -123,7 +123,7 @@ def test_huge_images_are_refused_before_decoding(case: str, monkeypatch: pytest.
         return original(self)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(DomainError) as refused:
         decode_frame(bad_frame(case), 0, max_bytes=8 * 1024 * 1024, max_pixels=40_000_000)
     assert refused.value.code == BAD_FRAMES[case][2]
     assert decoded == [], "pixels were decoded before the size check"

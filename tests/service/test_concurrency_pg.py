@@ -23,7 +23,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.main import create_app
-from app.recognition import Runtime
+from app.services.recognition import sync_index
+from app.services.runtime import Runtime
 from app.store.models import FrameEmbedding, Person, Template
 from tests.service.conftest import multipart
 
@@ -78,7 +79,7 @@ def _store_templates(rt: Runtime) -> dict[int, int]:
 
 def _index_templates(rt: Runtime) -> dict[int, int]:
     with rt.sessions() as session:
-        rt.index.sync(session)
+        sync_index(rt, session)
     ids = rt.index.all_template_ids().tolist()
     rows = {tid: rt.index.row_of(tid) for tid in ids}
     return {tid: int(rt.index._person_ids[row]) for tid, row in rows.items()}

@@ -21,11 +21,11 @@ from fastapi import Depends
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
-import app.recognition
+import app.services.recognition
 from app.core.config import REPO_ROOT
 from app.core.logging import JsonFormatter
 from app.main import HTTP_ERROR_CODES, HTTP_ERROR_FALLBACK, create_app
-from app.recognition import Runtime
+from app.services.runtime import Runtime
 from tests.service.conftest import multipart
 from tests.service.inputs import grey_jpeg
 
@@ -123,7 +123,7 @@ def test_a_500_during_an_attempt_is_audited(
     def crash(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the scan crashed")
 
-    monkeypatch.setattr(app.recognition, "identify", crash)
+    monkeypatch.setattr(app.services.recognition, "identify", crash)
     response = failing_app.post(
         "/v1/identify", headers={"X-API-Key": door_key, "X-Request-ID": "crash-1"}, **multipart([grey_jpeg()], door_id="front")
     )
@@ -137,22 +137,51 @@ def test_a_500_during_an_attempt_is_audited(
 # -- every code is documented ---------------------------------------------------------------------
 
 
-def _codes_in_code() -> set[str]:
-    """Literal codes of every ApiError(status, "code", ...) and not_found("kind", ...) in app/."""
-    codes: set[str] = set(HTTP_ERROR_CODES.values()) | {HTTP_ERROR_FALLBACK}
+def _domain_statuses() -> dict[str, int]:
+    """Every domain error class in app/ (with its subclasses) -> the status the API maps it to."""
+    import app.services.auth  # noqa: F401  (defines KeyRefused and ScopeRefused)
+    from app.api.errors import STATUS_OF
+    from app.core.errors import DomainError
+
+    statuses: dict[str, int] = {}
+    pending: list[type[DomainError]] = [DomainError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        mapped = [s for kind, s in STATUS_OF.items() if issubclass(cls, kind)]
+        if mapped:
+            statuses[cls.__name__] = mapped[0]
+    return statuses
+
+
+def _raised_codes() -> list[tuple[str, int, str, int]]:
+    """(file, line, code, status) of every literal ApiError(status, "code", ...), domain error
+    ``Kind("code", ...)`` and ``NotFound.of("kind", ...)`` in app/."""
+    domain = _domain_statuses()
+    found = []
     for path in sorted((REPO_ROOT / "app").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, ast.Call):
                 continue
             name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
             args = list(node.args)
-            if name == "ApiError":
-                code = args[1] if len(args) > 1 else next((k.value for k in node.keywords if k.arg == "code"), None)
-                if isinstance(code, ast.Constant) and isinstance(code.value, str):
-                    codes.add(code.value)
-            elif name == "not_found" and args and isinstance(args[0], ast.Constant):
-                codes.add(f"{args[0].value}_not_found")
-    return codes
+            if name == "ApiError" and len(args) > 1 and isinstance(args[0], ast.Constant):
+                if isinstance(args[1], ast.Constant) and isinstance(args[1].value, str):
+                    found.append((path.name, node.lineno, args[1].value, int(args[0].value)))
+            elif name in domain and args and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
+                found.append((path.name, node.lineno, args[0].value, domain[name]))
+            elif (
+                name == "of"
+                and getattr(getattr(node.func, "value", None), "id", None) == "NotFound"
+                and args
+                and isinstance(args[0], ast.Constant)
+            ):
+                found.append((path.name, node.lineno, f"{args[0].value}_not_found", 404))
+    return found
+
+
+def _codes_in_code() -> set[str]:
+    return set(HTTP_ERROR_CODES.values()) | {HTTP_ERROR_FALLBACK} | {code for _, _, code, _ in _raised_codes()}
 
 
 def _codes_in_readme() -> dict[str, str]:
@@ -173,13 +202,9 @@ def test_every_error_code_is_documented() -> None:
 
 
 def test_documented_statuses_match_the_code() -> None:
-    """Each literal ApiError(status, code) agrees with the status the README gives its code."""
+    """Each literal error raised in app/ agrees with the status the README gives its code."""
     documented = _codes_in_readme()
-    for path in sorted((REPO_ROOT / "app").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ApiError" and len(node.args) > 1:
-                status, code = node.args[0], node.args[1]
-                if isinstance(status, ast.Constant) and isinstance(code, ast.Constant):
-                    assert documented[code.value] == str(status.value), (path.name, node.lineno, code.value)
+    for path, line, code, status in _raised_codes():
+        assert documented[code] == str(status), (path, line, code)
     for status, code in HTTP_ERROR_CODES.items():
         assert documented[code] == str(status), code

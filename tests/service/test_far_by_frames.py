@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.recognition import Runtime
+from app.services.runtime import Runtime
 from tests.service.conftest import multipart
 from tests.service.inputs import jpeg
 
@@ -76,7 +76,7 @@ def test_strangers_are_granted_no_more_often_than_the_far_allows(
     grants = 0
     for i, name in enumerate(strangers):
         answer = admin.post("/v1/identify", **multipart(frames_of(faces[name], n, seed=i))).json()  # type: ignore[arg-type]
-        assert answer["threshold"] == clean_runtime.package.threshold_for_frames(answer["frames_used"]), answer
+        assert answer["threshold"] == clean_runtime.thresholds.at(answer["frames_used"]), answer
         grants += answer["decision"] == "granted"
     allowed = binomial_upper(len(strangers), min(1.0, len(enrolled) * far))
     assert grants <= allowed, f"{grants} of {len(strangers)} strangers granted with {n}-frame bursts (allowed {allowed})"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.recognition import Runtime
+from app.services.runtime import Runtime
 from app.store import crud
 from tests.service.conftest import multipart
 from tests.service.inputs import grey_jpeg, seed_person, store_counts
@@ -155,7 +155,7 @@ def test_control_characters_are_invalid_text_everywhere(admin: TestClient, clean
     """On Postgres a NUL was a 503 database_unavailable and left no audit event; on SQLite it was stored."""
     pid = seed_person(clean_runtime, "Clean")
     with clean_runtime.sessions() as session:
-        token, _ = crud.create_deletion_request(session, pid, 0.01, ttl_s=120)
+        token, _ = crud.create_deletion_request(session, person_id=pid, distance=0.01, ttl_s=120)
         session.commit()
     before = store_counts(clean_runtime)
     door = {"X-API-Key": door_key}

@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from app.core.config import Settings
 from app.main import create_app
-from app.recognition import Runtime
+from app.services.runtime import Runtime
 from app.store import crud
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -49,7 +49,7 @@ def test_operation_conforms_to_its_schema(clean_runtime: Runtime, admin_key: str
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(clean_runtime.settings, runtime=clean_runtime))
     operation = schema[path][method]
     with clean_runtime.sessions() as session:
-        own_key = crud.find_api_key(session, admin_key)
+        own_key = crud.find_api_key(session, key=admin_key)
         assert own_key is not None
         own_key_id = own_key.id
 

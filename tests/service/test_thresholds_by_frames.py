@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from app.recognition import Runtime
+from app.services.runtime import Runtime
 from tests.service.conftest import multipart
 
 
@@ -25,7 +25,7 @@ def test_each_burst_size_meets_its_own_threshold(
         answer = client.post("/v1/identify", headers=door, **multipart(door_faces[alice][5 : 5 + count])).json()  # type: ignore[arg-type]
         used = answer["frames_used"]
         assert used >= 1, answer
-        assert answer["threshold"] == rt.package.threshold_for_frames(used), answer
+        assert answer["threshold"] == rt.thresholds.at(used), answer
         seen.add(answer["threshold"])
     assert len(seen) > 1, "the table's rows differ by burst size, so the thresholds applied must too"
 

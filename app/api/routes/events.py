@@ -6,14 +6,12 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import func, select
 
 from app.api.deps import AdminKey, SessionDep
+from app.api.errors import error_responses
 from app.api.schemas import EventPublic, EventsPublic
-from app.api.validation import InstantCheck, TextCheck
-from app.core.errors import error_responses
+from app.core.validation import InstantCheck, TextCheck
 from app.store import crud
-from app.store.models import Event
 
 router = APIRouter(prefix="/v1/events", tags=["audit"])
 
@@ -31,24 +29,12 @@ def list_events(
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> EventsPublic:
-    conditions = []
-    if since is not None:
-        conditions.append(Event.created_at >= since)
-    if until is not None:
-        conditions.append(Event.created_at < until)
-    if door_id is not None:
-        conditions.append(Event.door_id == door_id)
-    if person_id is not None:
-        conditions.append(Event.person_id == person_id)
-    if decision is not None:
-        conditions.append(Event.decision == decision)
-    if kind is not None:
-        conditions.append(Event.kind == kind)
-    rows = session.execute(select(Event).where(*conditions).order_by(Event.id.desc()).offset(offset).limit(limit)).scalars().all()
-    count = session.execute(select(func.count()).select_from(Event).where(*conditions)).scalar_one()
+    rows, count = crud.list_events(
+        session, since=since, until=until, door_id=door_id, person_id=person_id, decision=decision, kind=kind, offset=offset, limit=limit
+    )
     data = []
     for r in rows:
         item = EventPublic.model_validate(r, from_attributes=True)
         item.created_at = crud.as_aware(r.created_at)
         data.append(item)
-    return EventsPublic(data=data, count=int(count))
+    return EventsPublic(data=data, count=count)

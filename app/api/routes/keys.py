@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
-from app.api.common import audit
 from app.api.deps import AdminKey, RowId, SessionDep
+from app.api.errors import error_responses
 from app.api.schemas import KeyCreate, KeyCreated, KeyPublic, KeysPublic
-from app.core.errors import error_responses, not_found
+from app.services import admin
 from app.store import crud
 from app.store.models import ApiKey
 
@@ -24,10 +23,8 @@ def key_public(row: ApiKey) -> KeyPublic:
 @router.post(
     "", response_model=KeyCreated, status_code=201, responses=error_responses(400, 401, 403, 422, 429, 503), summary="Create a key"
 )
-def create_key(request: Request, body: KeyCreate, session: SessionDep, principal: AdminKey) -> KeyCreated:
-    expires = crud.utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
-    key, row = crud.create_api_key(session, body.name, body.scope, expires)
-    audit(session, request, principal, "key_created", reason=f"{row.name}:{row.scope}")
+def create_key(body: KeyCreate, session: SessionDep, principal: AdminKey) -> KeyCreated:
+    key, row = admin.create_key(session, name=body.name, scope=body.scope, expires_in_days=body.expires_in_days, actor=principal)
     return KeyCreated(**key_public(row).model_dump(), key=key)
 
 
@@ -35,20 +32,10 @@ def create_key(request: Request, body: KeyCreate, session: SessionDep, principal
 def list_keys(
     session: SessionDep, _: AdminKey, offset: Annotated[int, Query(ge=0, le=10**9)] = 0, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> KeysPublic:
-    from sqlalchemy import func, select
-
-    rows = session.execute(select(ApiKey).order_by(ApiKey.id).offset(offset).limit(limit)).scalars().all()
-    count = session.execute(select(func.count()).select_from(ApiKey)).scalar_one()
-    return KeysPublic(data=[key_public(r) for r in rows], count=int(count))
+    rows, count = crud.list_api_keys(session, offset=offset, limit=limit)
+    return KeysPublic(data=[key_public(r) for r in rows], count=count)
 
 
 @router.delete("/{key_id}", response_model=KeyPublic, responses=error_responses(401, 403, 404, 422, 429, 503), summary="Revoke a key")
-def revoke_key(request: Request, key_id: RowId, session: SessionDep, principal: AdminKey) -> KeyPublic:
-    row = session.get(ApiKey, key_id)
-    if row is None:
-        raise not_found("key", key_id)
-    if row.revoked_at is None:
-        row.revoked_at = crud.utcnow()
-        session.flush()
-        audit(session, request, principal, "key_revoked", reason=row.name)
-    return key_public(row)
+def revoke_key(key_id: RowId, session: SessionDep, principal: AdminKey) -> KeyPublic:
+    return key_public(admin.revoke_key(session, key_id, actor=principal))

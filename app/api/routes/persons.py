@@ -6,14 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 
-from app import recognition
-from app.api.common import audit, frames_public, person_public, read_frames
+from app.api.common import frames_public, person_public, read_frames
 from app.api.deps import AdminKey, Multipart, RowId, RuntimeDep, SessionDep, attempt, audit_context
+from app.api.errors import ApiError, error_responses
 from app.api.schemas import DeletionDone, PersonPublic, PersonRef, PersonsPublic, PersonUpdate, PersonWithFrames
-from app.api.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, InvalidInput, NameCheck, TextCheck, parse_metadata
-from app.core.errors import ApiError, error_responses, not_found
+from app.core.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, InvalidValue, NameCheck, TextCheck, parse_metadata
+from app.services import admin, recognition
 from app.store import crud
-from app.store.models import Person
 
 router = APIRouter(prefix="/v1/persons", tags=["persons"])
 
@@ -21,15 +20,8 @@ router = APIRouter(prefix="/v1/persons", tags=["persons"])
 def _metadata(raw: str | None) -> dict[str, Any]:
     try:
         return parse_metadata(raw)
-    except InvalidInput as exc:
+    except InvalidValue as exc:
         raise ApiError(422, exc.code, exc.message, {"field": "metadata"}) from exc
-
-
-def _get(session: Any, person_id: int) -> Person:
-    person = session.get(Person, person_id)
-    if person is None:
-        raise not_found("person", person_id)
-    return person
 
 
 @router.post(
@@ -64,18 +56,7 @@ def enrol(
     """
     audit_context(request, "enrol")
     meta = _metadata(metadata)
-    person, burst = recognition.enrol(runtime, session, name, meta, read_frames(frames, runtime))
-    audit(
-        session,
-        request,
-        principal,
-        "enrol",
-        person_id=person.id,
-        model_id=runtime.model_id,
-        frames_used=burst.used,
-        frames_rejected=burst.rejected(),
-        decision="enrolled",
-    )
+    person, burst = recognition.enrol(runtime, session, name, meta, read_frames(frames, runtime), actor=principal)
     public = person_public(person, burst.used)
     return PersonWithFrames(**public.model_dump(), frames=frames_public(burst))
 
@@ -91,15 +72,15 @@ def list_persons(
         str | None, Query(max_length=200, description="case-insensitive substring of the name (% and _ are literal)"), TextCheck
     ] = None,
 ) -> PersonsPublic:
-    persons, count = crud.list_persons(session, offset, limit, name)
-    counts = crud.frame_counts(session, [p.id for p in persons], runtime.model_id)
+    persons, count = crud.list_persons(session, offset=offset, limit=limit, name=name)
+    counts = crud.frame_counts(session, person_ids=[p.id for p in persons], model_id=runtime.model_id)
     return PersonsPublic(data=[person_public(p, counts.get(p.id)) for p in persons], count=count)
 
 
 @router.get("/{person_id}", response_model=PersonPublic, responses=error_responses(401, 403, 404, 422, 429, 503), summary="One person")
 def get_person(person_id: RowId, runtime: RuntimeDep, session: SessionDep, _: AdminKey) -> PersonPublic:
-    person = _get(session, person_id)
-    return person_public(person, crud.frame_counts(session, [person_id], runtime.model_id).get(person_id))
+    person = recognition.get_person(session, person_id)
+    return person_public(person, crud.frame_counts(session, person_ids=[person_id], model_id=runtime.model_id).get(person_id))
 
 
 @router.get(
@@ -109,7 +90,7 @@ def get_person(person_id: RowId, runtime: RuntimeDep, session: SessionDep, _: Ad
     summary="The person's sample aligned face (JPEG)",
 )
 def get_sample(person_id: RowId, session: SessionDep, _: AdminKey) -> Response:
-    person = _get(session, person_id)
+    person = recognition.get_person(session, person_id)
     if not person.sample_jpeg:
         raise ApiError(404, "sample_not_found", f"person {person_id} has no sample image")
     return Response(content=person.sample_jpeg, media_type="image/jpeg")
@@ -118,24 +99,15 @@ def get_sample(person_id: RowId, session: SessionDep, _: AdminKey) -> Response:
 @router.patch(
     "/{person_id}", response_model=PersonPublic, responses=error_responses(400, 401, 403, 404, 422, 429, 503), summary="Rename or re-tag"
 )
-def update_person(
-    request: Request, person_id: RowId, body: PersonUpdate, runtime: RuntimeDep, session: SessionDep, principal: AdminKey
-) -> PersonPublic:
+def update_person(person_id: RowId, body: PersonUpdate, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> PersonPublic:
     """Only the fields sent change. `metadata`, when sent, **replaces** the stored object as a
     whole: it is not merged, so keys left out are removed; send the complete object, or `{}` to
     clear it. Leave `metadata` out to keep it as it is.
 
     `curl -X PATCH -H "X-API-Key: $ADMIN" -H 'content-type: application/json' -d '{"metadata": {"badge": "A-18"}}' http://localhost:8000/v1/persons/7`
     """
-    person = _get(session, person_id)
-    if body.name is not None:
-        person.name = body.name
-    if body.metadata is not None:
-        person.metadata_ = body.metadata
-    person.updated_at = crud.utcnow()
-    session.flush()
-    audit(session, request, principal, "update_person", person_id=person_id)
-    return person_public(person, crud.frame_counts(session, [person_id], runtime.model_id).get(person_id))
+    person = admin.update_person(session, person_id, name=body.name, metadata=body.metadata, actor=principal)
+    return person_public(person, crud.frame_counts(session, person_ids=[person_id], model_id=runtime.model_id).get(person_id))
 
 
 @router.post(
@@ -158,28 +130,15 @@ def add_frames(
     Answers like enrolment: the person (with `frame_count`, every frame now fused into the
     template) and what became of each frame of this burst."""
     audit_context(request, "add_frames", person_id=person_id)
-    person, burst, total = recognition.add_frames(runtime, session, person_id, read_frames(frames, runtime))
-    audit(
-        session,
-        request,
-        principal,
-        "add_frames",
-        person_id=person_id,
-        model_id=runtime.model_id,
-        frames_used=burst.used,
-        frames_rejected=burst.rejected(),
-    )
+    person, burst, total = recognition.add_frames(runtime, session, person_id, read_frames(frames, runtime), actor=principal)
     return PersonWithFrames(**person_public(person, total).model_dump(), frames=frames_public(burst))
 
 
 @router.delete(
     "/{person_id}", response_model=DeletionDone, responses=error_responses(401, 403, 404, 422, 429, 503), summary="Delete a person"
 )
-def delete_person(request: Request, person_id: RowId, session: SessionDep, principal: AdminKey) -> DeletionDone:
+def delete_person(person_id: RowId, session: SessionDep, principal: AdminKey) -> DeletionDone:
     """Removes the person's templates, frame embeddings and sample image. Past audit events
     keep the person id but hold no face data."""
-    person = _get(session, person_id)
-    ref = PersonRef(id=person.id, name=person.name)
-    crud.delete_person(session, person_id)
-    audit(session, request, principal, "delete", person_id=person_id, decision="deleted")
-    return DeletionDone(deleted=ref)
+    deleted_id, name = admin.delete_person(session, person_id, actor=principal)
+    return DeletionDone(deleted=PersonRef(id=deleted_id, name=name))

@@ -6,13 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
-from app import recognition
-from app.api.common import audit_decision, frames_public, read_frames
+from app.api.common import frames_public, read_frames
 from app.api.deps import DoorKey, Multipart, RowId, RuntimeDep, SessionDep, attempt, audit_context
+from app.api.errors import error_responses
 from app.api.schemas import IdentifyPublic, PersonRef, VerifyPublic
-from app.api.validation import TextCheck
-from app.core.errors import error_responses
-from app.store.models import Person
+from app.core.validation import TextCheck
+from app.services import recognition
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
 
@@ -38,22 +37,21 @@ def identify(
     `curl -H "X-API-Key: $KEY" -F frames=@a.jpg -F frames=@b.jpg -F door_id=front http://localhost:8000/v1/identify`
     """
     audit_context(request, "identify", door_id=door_id)
-    decision = recognition.identify(runtime, session, read_frames(frames, runtime))
-    person = session.get(Person, decision.best.person_id) if decision.granted and decision.best else None
-    audit_decision(session, request, principal, "identify", decision, runtime, door_id)
+    outcome = recognition.identify(runtime, session, read_frames(frames, runtime), actor=principal, door_id=door_id)
+    decision, person = outcome.decision, outcome.person
     # A denied door gets no distance or margin: numbers that would let a stranger hill-climb
     # towards someone's template. Admins (and the audit log) still see them.
-    reveal = decision.granted or principal.scope == "admin"
+    reveal = decision.granted or principal.is_admin
     return IdentifyPublic(
         decision="granted" if decision.granted else "denied",
         reason=decision.reason,
-        person=PersonRef(id=person.id, name=person.name) if person else None,
+        person=PersonRef(id=person.id, name=person.name) if person and decision.granted else None,
         distance=round(decision.best.distance, 6) if decision.best and reveal else None,
         threshold=decision.threshold,
         margin=round(decision.margin, 6) if decision.margin is not None and reveal else None,
         model_id=runtime.model_id,
-        frames_used=decision.burst.used,
-        frames=frames_public(decision.burst),
+        frames_used=outcome.burst.used,
+        frames=frames_public(outcome.burst),
         door_id=door_id,
     )
 
@@ -76,18 +74,17 @@ def verify(
 ) -> VerifyPublic:
     """Is this burst the given person? Granted when the distance is within the threshold."""
     audit_context(request, "verify", door_id=door_id, person_id=person_id)
-    decision, d = recognition.verify(runtime, session, person_id, read_frames(frames, runtime))
-    person = session.get(Person, person_id)
+    outcome = recognition.verify(runtime, session, person_id, read_frames(frames, runtime), actor=principal, door_id=door_id)
+    decision, person = outcome.decision, outcome.person
     assert person is not None
-    audit_decision(session, request, principal, "verify", decision, runtime, door_id, person_id=person_id)
-    reveal = decision.granted or principal.scope == "admin"
+    reveal = decision.granted or principal.is_admin
     return VerifyPublic(
         decision="granted" if decision.granted else "denied",
         reason=decision.reason,
         person=PersonRef(id=person.id, name=person.name),
-        distance=round(d, 6) if d is not None and reveal else None,
+        distance=round(decision.best.distance, 6) if decision.best is not None and reveal else None,
         threshold=decision.threshold,
         model_id=runtime.model_id,
-        frames_used=decision.burst.used,
-        frames=frames_public(decision.burst),
+        frames_used=outcome.burst.used,
+        frames=frames_public(outcome.burst),
     )

@@ -2,93 +2,101 @@
 
 from __future__ import annotations
 
-import numpy as np
-from fastapi import APIRouter, Request
+from typing import Annotated
 
-from app.api.common import audit
+from fastapi import APIRouter, Query
+
 from app.api.deps import AdminKey, RuntimeDep, SessionDep
-from app.api.schemas import CalibratePublic, CalibrateRequest, ThresholdPublic, ThresholdUpdate
-from app.core.errors import error_responses
-from app.store import crud
-from app.vision.fusion import pairwise_distances
+from app.api.errors import error_responses
+from app.api.schemas import CalibratePublic, CalibrateRequest, DistributionsPublic, FarRow, ThresholdPublic, ThresholdUpdate
+from app.matching.threshold import Threshold
+from app.services import admin
+from app.services.runtime import Runtime
 
 router = APIRouter(prefix="/v1/threshold", tags=["threshold"])
 
 
-def _public(runtime: RuntimeDep, session: SessionDep) -> ThresholdPublic:
-    stored = crud.stored_threshold(session)
-    table = runtime.package.burst_table
+def _frames(runtime: Runtime) -> int:
+    return runtime.thresholds.template_frames if runtime.thresholds is not None else 5
+
+
+def _public(runtime: Runtime, threshold: Threshold) -> ThresholdPublic:
+    table = runtime.thresholds
+    frames = _frames(runtime)
     return ThresholdPublic(
-        threshold=runtime.threshold(session),
-        source="stored" if stored is not None else "default",
-        default=runtime.default_threshold(),
+        threshold=threshold.for_frames(frames),
+        source=threshold.source,
+        target_far=threshold.target_far,
+        by_frames=threshold.by_frames(),
+        default=table.at(frames) if table else None,
+        default_far=table.default_far if table else None,
+        default_by_frames=table.by_frames_at() if table else None,
+        far_table=[FarRow(far=far, by_frames=table.by_frames_at(far)) for far in table.fars()] if table else [],
         model_id=runtime.model_id,
-        template_frames=runtime.package.template_frames,
-        default_far=runtime.package.default_far,
-        default_by_frames=None if table is None else {int(n): runtime.default_threshold(int(n)) for n in table["by_frames"]},
+        template_frames=frames,
     )
 
 
 @router.get("", response_model=ThresholdPublic, responses=error_responses(401, 403, 429, 503), summary="The threshold in force")
 def get_threshold(runtime: RuntimeDep, session: SessionDep, _: AdminKey) -> ThresholdPublic:
-    return _public(runtime, session)
+    return _public(runtime, admin.current_threshold(runtime, session))
 
 
 @router.put("", response_model=ThresholdPublic, responses=error_responses(400, 401, 403, 422, 429, 503), summary="Set the threshold")
-def put_threshold(
-    request: Request, body: ThresholdUpdate, runtime: RuntimeDep, session: SessionDep, principal: AdminKey
-) -> ThresholdPublic:
-    """Stored in the database: every replica uses it from its next request."""
-    old = runtime.threshold(session)
-    crud.set_threshold(session, body.threshold)
-    audit(session, request, principal, "threshold", threshold=body.threshold, reason=f"was {old:.6f}", model_id=runtime.model_id)
-    return _public(runtime, session)
+def put_threshold(body: ThresholdUpdate, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> ThresholdPublic:
+    """A security level, `{"target_far": 0.0001}` (one of the FARs in `far_table`; every burst
+    size then uses its own row), or a raw distance, `{"threshold": 0.25}`, used for every burst
+    size alike (so more frames make it looser for strangers: prefer a target FAR). Stored in the
+    database: every replica uses it from its next request; audited."""
+    threshold = admin.set_threshold(runtime, session, distance=body.threshold, target_far=body.target_far, actor=principal)
+    return _public(runtime, threshold)
 
 
 @router.delete(
     "", response_model=ThresholdPublic, responses=error_responses(401, 403, 429, 503), summary="Go back to the model's thresholds"
 )
-def reset_threshold(request: Request, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> ThresholdPublic:
-    """Forget the stored distance: every burst size uses the model's own threshold again."""
-    old = crud.stored_threshold(session)
-    if old is not None:
-        crud.set_threshold(session, None)
-        audit(session, request, principal, "threshold", threshold=None, reason=f"reset; was {old:.6f}", model_id=runtime.model_id)
-    return _public(runtime, session)
+def reset_threshold(runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> ThresholdPublic:
+    """Forget the stored choice: every burst size uses the model's own threshold again."""
+    current = admin.current_threshold(runtime, session)
+    if current.source in ("default", "configured"):
+        return _public(runtime, current)
+    return _public(runtime, admin.set_threshold(runtime, session, actor=principal, reason="reset to "))
 
 
 @router.post(
     "/calibrate",
     response_model=CalibratePublic,
     responses=error_responses(400, 401, 403, 422, 429, 503),
-    summary="Recommend a threshold from the enrolled templates",
+    summary="Recommend a threshold from the model's table or the enrolled templates",
 )
-def calibrate(request: Request, body: CalibrateRequest, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> CalibratePublic:
-    """Two rules: `min_negative`, the origin's smallest distance between two enrolled people
-    (every pair of templates is a negative pair), and `target_far`, the model's measured
-    threshold for that false-accept rate on bursts of a template's number of frames (the
-    threshold the service applies to such bursts by default). Applied only when `apply` is true."""
-    sample = crud.sample_templates(session, runtime.model_id, body.sample)
-    min_negative = None
-    if len(sample) >= 2:
-        d = pairwise_distances(sample)
-        d[np.diag_indices_from(d)] = np.inf
-        min_negative = float(d.min())
-    manifest_t = runtime.package.threshold_for_frames(runtime.package.template_frames, body.target_far)
-    recommended = manifest_t if body.method == "target_far" else min_negative
-    applied = False
-    if body.apply and recommended is not None and 0.0 < recommended < 1.0:
-        crud.set_threshold(session, recommended)
-        applied = True
-        audit(
-            session, request, principal, "threshold", threshold=recommended, reason=f"calibrated:{body.method}", model_id=runtime.model_id
-        )
-    return CalibratePublic(
-        templates_used=len(sample),
-        min_negative_distance=min_negative,
-        manifest_far_threshold=manifest_t,
-        recommended=recommended,
-        method=body.method,
-        applied=applied,
-        threshold=runtime.threshold(session),
+def calibrate(body: CalibrateRequest, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> CalibratePublic:
+    """Two rules: `target_far`, the model's threshold at that FAR for bursts of a template's
+    frames (the same table the service applies; applying it stores the FAR, so each burst size
+    gets its own row), and `min_negative`, the origin's smallest distance between two enrolled
+    people (applying it stores that distance). Applied only when `apply` is true."""
+    result = admin.calibrate(
+        runtime, session, method=body.method, target_far=body.target_far, sample=body.sample, apply=body.apply, actor=principal
     )
+    return CalibratePublic(
+        templates_used=result.templates_used,
+        min_negative_distance=result.min_negative_distance,
+        manifest_far_threshold=result.table_threshold,
+        recommended=result.recommended,
+        method=body.method,
+        applied=result.applied,
+        threshold=result.threshold.for_frames(_frames(runtime)),
+    )
+
+
+@router.get(
+    "/distributions",
+    response_model=DistributionsPublic,
+    responses=error_responses(401, 403, 422, 429, 503),
+    summary="Distance histograms: the model's genuine and impostor bursts, the enrolled templates' nearest neighbours",
+)
+def distributions(
+    runtime: RuntimeDep, session: SessionDep, _: AdminKey, sample: Annotated[int, Query(ge=2, le=5000)] = 2000
+) -> DistributionsPublic:
+    result = admin.distributions(runtime, session, sample=sample)
+    threshold = admin.current_threshold(runtime, session).for_frames(result.frames)
+    return DistributionsPublic(**result.__dict__, threshold=threshold)

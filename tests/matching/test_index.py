@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.store.index import TemplateIndex, quantise
-from app.vision.fusion import l2_normalise
+from app.matching.fusion import l2_normalise
+from app.matching.index import TemplateIndex, quantise
 
 
 def unit_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
@@ -54,9 +54,24 @@ def test_load_bulk_and_quantisation_error_is_small() -> None:
         assert candidate.approx_distance == pytest.approx(exact[candidate.template_id // 3], abs=0.01)
 
 
+def test_apply_changes_in_generation_order() -> None:
+    """What crud.template_changes hands over: deletions first, then batches added or re-fused."""
+    vectors = unit_vectors(4, dim=32, seed=3)
+    index = TemplateIndex("m", 32)
+    index.apply(1, [], [(np.array([1, 2]), np.array([10, 20]), vectors[:2])])
+    assert (index.generation, len(index)) == (1, 2)
+    # Template 1 deleted, template 2 re-fused to another vector, template 3 added, in two batches.
+    index.apply(4, [1], [(np.array([2]), np.array([20]), vectors[2:3]), (np.array([3]), np.array([30]), vectors[3:4])])
+    assert (index.generation, len(index), index.row_of(1)) == (4, 2, -1)
+    assert index.scan(vectors[2], k=1)[0].template_id == 2 and index.scan(vectors[3], k=1)[0].person_id == 30
+    # An older generation (a slower request's changes) never moves the index back.
+    index.apply(3, [], [])
+    assert index.generation == 4
+
+
 @pytest.mark.parametrize("n", [5, 100, 10_000, 100_003])
 def test_top_k_largest_matches_a_full_sort(n: int) -> None:
-    from app.store.index import top_k_largest
+    from app.matching.index import top_k_largest
 
     rng = np.random.default_rng(n)
     scores = rng.integers(0, 50, n).astype(np.float32)  # many ties

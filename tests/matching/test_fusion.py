@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.vision.fusion import distance, distances_to, fuse, l2_normalise, pairwise_distances
+from app.matching.fusion import distance, distances_to, fuse, l2_normalise, pairwise_distances
 
 
 def random_units(count: int, dim: int = 16, seed: int = 0) -> np.ndarray:

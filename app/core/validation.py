@@ -27,8 +27,8 @@ MAX_METADATA_TEXT = 4 * MAX_METADATA_BYTES
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-class InvalidInput(ValueError):
-    """A client value refused with a stable error code (``invalid_text``, ``invalid_metadata``, ...)."""
+class InvalidValue(ValueError):
+    """A client value refused with a stable error code (raised inside pydantic validators) (``invalid_text``, ``invalid_metadata``, ...)."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -44,7 +44,7 @@ def control_character(text: str) -> str | None:
 def check_text(text: str, what: str = "text") -> str:
     where = control_character(text)
     if where is not None:
-        raise InvalidInput("invalid_text", f"{what} must not contain control characters ({where})")
+        raise InvalidValue("invalid_text", f"{what} must not contain control characters ({where})")
     return text
 
 
@@ -53,30 +53,30 @@ def check_name(name: str, what: str = "name") -> str:
     check_text(name, what)
     stripped = name.strip()
     if not any(ch.isprintable() and not ch.isspace() for ch in stripped):
-        raise InvalidInput("blank", f"{what} must contain a visible character")
+        raise InvalidValue("blank", f"{what} must contain a visible character")
     return stripped
 
 
 def check_metadata(value: Any) -> dict[str, Any]:
     """A JSON object within the size and depth limits, with finite numbers and clean text."""
     if not isinstance(value, dict):
-        raise InvalidInput("invalid_metadata", "metadata must be a JSON object")
+        raise InvalidValue("invalid_metadata", "metadata must be a JSON object")
     try:
         # C-speed size check first: the walk below then only ever sees a small object.
         compact = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except ValueError as exc:
-        raise InvalidInput("invalid_metadata", "metadata numbers must be finite (no NaN or Infinity)") from exc
+        raise InvalidValue("invalid_metadata", "metadata numbers must be finite (no NaN or Infinity)") from exc
     except RecursionError as exc:
-        raise InvalidInput("invalid_metadata", f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels") from exc
+        raise InvalidValue("invalid_metadata", f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels") from exc
     # surrogatepass: a lone surrogate is counted here and refused as text by the walk below.
     size = len(compact.encode("utf-8", "surrogatepass"))
     if size > MAX_METADATA_BYTES:
-        raise InvalidInput("invalid_metadata", f"metadata is limited to {MAX_METADATA_BYTES // 1024} KiB as compact JSON ({size} bytes)")
+        raise InvalidValue("invalid_metadata", f"metadata is limited to {MAX_METADATA_BYTES // 1024} KiB as compact JSON ({size} bytes)")
     stack: list[tuple[Any, int, str]] = [(value, 1, "metadata")]
     while stack:
         node, depth, path = stack.pop()
         if isinstance(node, dict | list) and depth > MAX_METADATA_DEPTH:
-            raise InvalidInput("invalid_metadata", f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+            raise InvalidValue("invalid_metadata", f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
         if isinstance(node, dict):
             for key, item in node.items():
                 check_text(str(key), f"the key {str(key)[:40]!r} of {path}")
@@ -86,7 +86,7 @@ def check_metadata(value: Any) -> dict[str, Any]:
         elif isinstance(node, str):
             check_text(node, path)
         elif isinstance(node, float) and not math.isfinite(node):
-            raise InvalidInput("invalid_metadata", "metadata numbers must be finite (no NaN or Infinity)")
+            raise InvalidValue("invalid_metadata", "metadata numbers must be finite (no NaN or Infinity)")
     return value
 
 
@@ -95,15 +95,15 @@ def parse_metadata(raw: str | None) -> dict[str, Any]:
     if raw is None or raw == "":
         return {}
     if len(raw) > MAX_METADATA_TEXT:
-        raise InvalidInput("invalid_metadata", f"metadata is limited to {MAX_METADATA_BYTES // 1024} KiB")
+        raise InvalidValue("invalid_metadata", f"metadata is limited to {MAX_METADATA_BYTES // 1024} KiB")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise InvalidInput("invalid_metadata", f"metadata must be a JSON object: {exc.msg}") from exc
+        raise InvalidValue("invalid_metadata", f"metadata must be a JSON object: {exc.msg}") from exc
     except RecursionError as exc:
-        raise InvalidInput("invalid_metadata", f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels") from exc
+        raise InvalidValue("invalid_metadata", f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels") from exc
     except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
-        raise InvalidInput("invalid_metadata", f"metadata must be a JSON object: {exc}") from exc
+        raise InvalidValue("invalid_metadata", f"metadata must be a JSON object: {exc}") from exc
     return check_metadata(value)
 
 
@@ -115,7 +115,7 @@ def check_instant(moment: datetime) -> datetime:
     try:
         return moment.astimezone(UTC)
     except OverflowError as exc:  # 9999-12-31T23:00:00-05:00 is past year 9999 in UTC
-        raise InvalidInput("datetime_out_of_range", "the instant lies outside years 1 to 9999 in UTC") from exc
+        raise InvalidValue("datetime_out_of_range", "the instant lies outside years 1 to 9999 in UTC") from exc
 
 
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:]', re.S)
@@ -156,7 +156,7 @@ def _pydantic(check: Any) -> AfterValidator:
             return None
         try:
             return check(value)
-        except InvalidInput as exc:
+        except InvalidValue as exc:
             raise PydanticCustomError(exc.code, "{reason}", {"reason": exc.message}) from exc
 
     return AfterValidator(validate)

@@ -6,22 +6,20 @@ cores, where a float32 matrix-vector product is bound by memory bandwidth (~100 
 scan only shortlists candidates; their exact float32 vectors are then read back from the
 database and rescored, so every distance a client sees is exact.
 
-Every request first compares the database's ``store_state.generation`` with the generation
-this index has applied, and applies the missing changes (see ``app.store.models``), so an
-enrol or delete made through any replica is seen by the next identify on every replica.
+The index holds no database access: every request, the services layer compares the
+database's ``store_state.generation`` with the generation this index has applied and hands
+it the missing changes (``crud.template_changes``; see ``app.store.models``), so an enrol or
+delete made through any replica is seen by the next identify on every replica.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import simsimd
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from app.store.models import StoreState, Template, TemplateDeletion
 
 QUANT_SCALE = 127.0
 
@@ -49,14 +47,6 @@ def top_k_largest(scores: np.ndarray, k: int, block: int = 256) -> np.ndarray:
 
 def quantise(vectors: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(vectors, dtype=np.float32) * QUANT_SCALE), -127, 127).astype(np.int8)
-
-
-def vector_from_bytes(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f4")
-
-
-def vector_to_bytes(vector: np.ndarray) -> bytes:
-    return np.asarray(vector, dtype="<f4").tobytes()
 
 
 @dataclass(frozen=True)
@@ -158,31 +148,16 @@ class TemplateIndex:
             self.generation = generation
 
     # -- consistency -----------------------------------------------------------------------
-    def sync(self, session: Session, batch: int = 20_000) -> bool:
-        """Apply every change committed since this index's generation. True if any."""
-        generation = int(session.execute(select(StoreState.generation).where(StoreState.id == 1)).scalar_one())
-        if generation == self.generation:
-            return False
+    def apply(self, generation: int, deleted: Iterable[int], batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Apply the changes committed up to ``generation`` (as ``crud.template_changes`` reads
+        them): the deleted template ids, then batches of (template ids, person ids, vectors)
+        added or re-fused. One lock for the whole: a concurrent scan sees before or after."""
         with self._lock:
-            since = self.generation
-            if since >= 0:
-                deleted = session.execute(
-                    select(TemplateDeletion.template_id).where(TemplateDeletion.model_id == self.model_id, TemplateDeletion.seq > since)
-                ).scalars()
-                for tid in deleted:
-                    self.remove(int(tid))
-            query = (
-                select(Template.id, Template.person_id, Template.vector)
-                .where(Template.model_id == self.model_id, Template.seq > since)
-                .execution_options(yield_per=batch)
-            )
-            for part in session.execute(query).partitions(batch):
-                tids = np.array([r.id for r in part], dtype=np.int64)
-                pids = np.array([r.person_id for r in part], dtype=np.int64)
-                vecs = np.stack([vector_from_bytes(r.vector) for r in part])
-                self.upsert_many(tids, pids, vecs)
+            for tid in deleted:
+                self.remove(int(tid))
+            for template_ids, person_ids, vectors in batches:
+                self.upsert_many(template_ids, person_ids, vectors)
             self.generation = max(self.generation, generation)
-        return True
 
     # -- scan ------------------------------------------------------------------------------
     def scan(self, query: np.ndarray, k: int) -> list[Candidate]:

@@ -1,0 +1,28 @@
+"""an admin's target FAR beside the raw threshold
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-24 00:10:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("store_state", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("threshold_far", sa.Float(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("store_state", schema=None) as batch_op:
+        batch_op.drop_column("threshold_far")
