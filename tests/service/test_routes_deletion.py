@@ -62,7 +62,10 @@ def test_confirm_by_face_deletion_with_real_faces(
     request = asked.json()
     assert request["person"] == {"id": alice["id"], "name": "Alice"} and request["distance"] <= 0.01
     assert datetime.fromisoformat(request["expires_at"]) > datetime.now(UTC)
-    assert tight.get(f"/v1/persons/{alice['id']}").status_code == 200  # nothing deleted yet
+    alice_now = tight.get(f"/v1/persons/{alice['id']}")
+    assert alice_now.status_code == 200  # nothing deleted yet
+    # Finding who to delete is not a door match: the match count and time are left alone.
+    assert (alice_now.json()["search_count"], alice_now.json()["last_matched_at"]) == (0, None)
 
     done = tight.post("/v1/deletion-requests/confirm", json={"token": request["token"]})
     assert done.status_code == 200 and done.json()["deleted"]["id"] == alice["id"]
