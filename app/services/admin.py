@@ -96,7 +96,7 @@ def set_threshold(
         actor,
         "threshold",
         threshold=after.for_frames(frames),
-        reason=f"{reason}{_describe(after, frames)}; was {_describe(before, frames)}"[:80],
+        reason=f"{reason}{_describe(after, frames)}; was {_describe(before, frames)}",
         model_id=runtime.model_id,
     )
     return after

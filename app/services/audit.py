@@ -9,6 +9,10 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from app.store import crud
+from app.store.models import Event
+
+# Free text recorded in an event (a key's name, a threshold change) is cut to its column.
+REASON_CHARS = int(getattr(Event.__table__.c.reason.type, "length", None) or 80)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ def record(
     recorded, never the key."""
     if status_code is None and actor is not None and actor.via == "http":
         status_code = 201 if created else 200
+    if isinstance(fields.get("reason"), str):
+        fields["reason"] = fields["reason"][:REASON_CHARS]
     crud.record_event(
         session,
         kind=kind,

@@ -16,6 +16,20 @@ from app.store import crud
 
 router = APIRouter(prefix="/v1/persons", tags=["persons"])
 
+# OpenAPI links from an enrolled person to what can be done with them next: clients (and the
+# stateful API tests) follow enrol -> get -> patch -> frames -> delete by the id in the answer.
+_PERSON_ID = {"person_id": "$response.body#/id"}
+PERSON_LINKS = {
+    name: {"operationId": operation, "parameters": _PERSON_ID}
+    for name, operation in {
+        "GetPerson": "get_person_v1_persons__person_id__get",
+        "UpdatePerson": "update_person_v1_persons__person_id__patch",
+        "GetSample": "get_sample_v1_persons__person_id__sample_get",
+        "AddFrames": "add_frames_v1_persons__person_id__frames_post",
+        "DeletePerson": "delete_person_v1_persons__person_id__delete",
+    }.items()
+}
+
 
 def _metadata(raw: str | None) -> dict[str, Any]:
     try:
@@ -29,7 +43,7 @@ def _metadata(raw: str | None) -> dict[str, Any]:
     response_model=PersonWithFrames,
     status_code=201,
     dependencies=[attempt("enrol"), Multipart],
-    responses=error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
+    responses={201: {"links": PERSON_LINKS}, **error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503)},
     summary="Enrol a person from a burst of frames",
 )
 def enrol(
@@ -77,7 +91,12 @@ def list_persons(
     return PersonsPublic(data=[person_public(p, counts.get(p.id)) for p in persons], count=count)
 
 
-@router.get("/{person_id}", response_model=PersonPublic, responses=error_responses(401, 403, 404, 422, 429, 503), summary="One person")
+@router.get(
+    "/{person_id}",
+    response_model=PersonPublic,
+    responses={200: {"links": PERSON_LINKS}, **error_responses(401, 403, 404, 422, 429, 503)},
+    summary="One person",
+)
 def get_person(person_id: RowId, runtime: RuntimeDep, session: SessionDep, _: AdminKey) -> PersonPublic:
     person = recognition.get_person(session, person_id)
     return person_public(person, crud.frame_counts(session, person_ids=[person_id], model_id=runtime.model_id).get(person_id))
@@ -97,7 +116,10 @@ def get_sample(person_id: RowId, session: SessionDep, _: AdminKey) -> Response:
 
 
 @router.patch(
-    "/{person_id}", response_model=PersonPublic, responses=error_responses(400, 401, 403, 404, 422, 429, 503), summary="Rename or re-tag"
+    "/{person_id}",
+    response_model=PersonPublic,
+    responses={200: {"links": PERSON_LINKS}, **error_responses(400, 401, 403, 404, 422, 429, 503)},
+    summary="Rename or re-tag",
 )
 def update_person(person_id: RowId, body: PersonUpdate, runtime: RuntimeDep, session: SessionDep, principal: AdminKey) -> PersonPublic:
     """Only the fields sent change. `metadata`, when sent, **replaces** the stored object as a
