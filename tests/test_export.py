@@ -131,7 +131,7 @@ def test_shipped_model_tflite_matches_keras_on_real_aligned_faces(repo_root: Pat
     if not manifests:
         pytest.skip("model_store/ holds no exported model yet: run `python -m training.export --run runs/b6`")
     from app.vision.align import FaceAligner
-    from training.evaluate import read_rgb
+    from training.eval.pairs import read_rgb
 
     photos = sorted((shared_dir / "data" / "faces" / "celeba_aligned").glob("*/*.jpg"))[:12]
     for manifest_path in manifests:

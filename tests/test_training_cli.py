@@ -21,6 +21,9 @@ import pytest
 from app.matching.fusion import l2_normalise, pairwise_distances
 from training import evaluate, export, train
 from training.data import split_identities
+from training.eval import common as eval_common
+from training.eval import metrics, protocol
+from training.eval import pairs as eval_pairs
 
 IDENTITIES = [f"person{i:02d}" for i in range(10)]
 VAL_FRACTION = 0.25
@@ -261,7 +264,7 @@ def test_fused_protocol_matches_brute_force() -> None:
     centres = np.abs(rng.normal(size=(12, 8)))
     owners = np.array([f"p{i}" for i in range(12) for _ in range(1 + i % 4)])  # 1..4 vectors per identity
     vectors = l2_normalise(centres[[int(o[1:]) for o in owners]] + 0.6 * np.abs(rng.normal(size=(len(owners), 8))))
-    result = evaluate.fused_protocol(vectors, owners, rng)
+    result = protocol.fused_protocol(vectors, owners, rng)
     expected = brute_force_protocol(vectors, owners)
     assert result["queries"] == expected["queries"]
     assert result["distractor_identities"] == 3
@@ -276,10 +279,10 @@ def test_fused_protocol_matches_brute_force() -> None:
 def test_group_vectors_are_disjoint_fused_groups() -> None:
     embeddings = l2_normalise(np.abs(np.random.default_rng(0).normal(size=(11, 4))))
     identities = ["a"] * 7 + ["b"] * 4
-    vectors, owners = evaluate.group_vectors(embeddings, identities, 3, seed=0)
+    vectors, owners = protocol.group_vectors(embeddings, identities, 3, seed=0)
     assert owners.tolist() == ["a", "a", "b"]  # 7 // 3 and 4 // 3 groups; remainders dropped
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
-    again, _ = evaluate.group_vectors(embeddings, identities, 3, seed=0)
+    again, _ = protocol.group_vectors(embeddings, identities, 3, seed=0)
     np.testing.assert_array_equal(vectors, again)
 
 
@@ -298,17 +301,17 @@ gina 1 alice 2
 def test_parse_pairs_reads_lfw_format(tmp_path: Path) -> None:
     path = tmp_path / "pairs.txt"
     path.write_text(PAIRS_TEXT)
-    pairs, folds = evaluate.parse_pairs(path)
+    pairs, folds = eval_pairs.parse_pairs(path)
     assert folds == 2 and len(pairs) == 8
-    assert pairs[0] == evaluate.Pair(0, "alice", 1, "alice", 2) and pairs[0].same
-    assert pairs[3] == evaluate.Pair(0, "carol", 1, "dave", 1) and not pairs[3].same
+    assert pairs[0] == eval_pairs.Pair(0, "alice", 1, "alice", 2) and pairs[0].same
+    assert pairs[3] == eval_pairs.Pair(0, "carol", 1, "dave", 1) and not pairs[3].same
     assert [p.fold for p in pairs] == [0] * 4 + [1] * 4
     path.write_text(PAIRS_TEXT.replace("bob 1 3", "bob 1 carol 3"))
     with pytest.raises(ValueError, match="matched"):
-        evaluate.parse_pairs(path)
+        eval_pairs.parse_pairs(path)
     path.write_text("3 2\nalice 1 2\n")
     with pytest.raises(ValueError, match="header"):
-        evaluate.parse_pairs(path)
+        eval_pairs.parse_pairs(path)
 
 
 def test_ten_fold_accuracy_on_separable_distances() -> None:
@@ -316,7 +319,7 @@ def test_ten_fold_accuracy_on_separable_distances() -> None:
     folds = np.repeat(np.arange(10), 20)
     same = np.tile(np.repeat([True, False], 10), 10)
     distances = np.where(same, rng.uniform(0.05, 0.3, 200), rng.uniform(0.4, 0.9, 200))
-    result = evaluate.k_fold_accuracy(distances, same, folds)
+    result = metrics.k_fold_accuracy(distances, same, folds)
     assert result["mean_accuracy"] == 1.0 and result["std_accuracy"] == 0.0
     assert all(distances[same].max() < f["threshold"] < distances[~same].min() for f in result["folds"])
 
@@ -328,7 +331,7 @@ def test_ten_fold_threshold_comes_from_the_other_folds() -> None:
     same = np.tile([True, True, False, False], 10)
     distances = np.tile([0.1, 0.2, 0.4, 0.6], 10)
     distances[1] = 0.5
-    result = evaluate.k_fold_accuracy(distances, same, folds)
+    result = metrics.k_fold_accuracy(distances, same, folds)
     assert result["folds"][0]["accuracy"] == 0.75
     assert result["mean_accuracy"] == pytest.approx(0.975)
     assert result["std_accuracy"] == pytest.approx(0.075)
@@ -341,10 +344,10 @@ def test_threshold_at_far_counts_negatives() -> None:
     positives = np.array([0.1, 0.3, 0.4025, 0.41, 0.8])
     distances = np.concatenate([positives, negatives])
     same = np.array([True] * 5 + [False] * 1000)
-    at_1 = evaluate.threshold_at_far(distances, same, 0.01)
+    at_1 = metrics.threshold_at_far(distances, same, 0.01)
     assert at_1["threshold"] == pytest.approx(0.40475)
     assert at_1["far"] == pytest.approx(0.01) and at_1["tar"] == pytest.approx(3 / 5)
-    at_01 = evaluate.threshold_at_far(distances, same, 0.001)
+    at_01 = metrics.threshold_at_far(distances, same, 0.001)
     assert at_01["threshold"] == pytest.approx(0.40025)
     assert at_01["far"] == pytest.approx(0.001) and at_01["tar"] == pytest.approx(2 / 5)
 
@@ -360,7 +363,7 @@ def test_image_resolver_lfw_names_and_merged_roots(tmp_path: Path) -> None:
     ):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-    resolver = evaluate.ImageResolver([lfw, first, second])
+    resolver = eval_pairs.ImageResolver([lfw, first, second])
     assert resolver("Ann_Lee", 2) == lfw / "Ann_Lee" / "Ann_Lee_0002.jpg"
     assert [resolver("7", k).name for k in (1, 2, 3)] == ["000100.jpg", "000200.jpg", "000050.jpg"]
     with pytest.raises(FileNotFoundError, match="only 3 files"):
@@ -417,9 +420,9 @@ def test_make_pairs_numbering_folds_and_no_repeats(tmp_path: Path) -> None:
     )
     assert summary["identity_disjoint"] is True
     assert summary["roots"] == [str(tmp_path / "aligned"), str(tmp_path / "wild")]
-    pairs, folds = evaluate.parse_pairs(out)
+    pairs, folds = eval_pairs.parse_pairs(out)
     assert folds == 3 and len(pairs) == 24
-    resolver = evaluate.ImageResolver([tmp_path / "aligned", tmp_path / "wild"])
+    resolver = eval_pairs.ImageResolver([tmp_path / "aligned", tmp_path / "wild"])
     keys = [tuple(sorted([(p.name_a, p.index_a), (p.name_b, p.index_b)])) for p in pairs]
     assert len(set(keys)) == len(keys)  # no pair twice
     fold_people = [{n for p in pairs if p.fold == f for n in (p.name_a, p.name_b)} for f in range(3)]
@@ -442,7 +445,7 @@ def test_make_pairs_reuses_identities_when_folds_cannot_be_disjoint(tmp_path: Pa
         ["make-pairs", "--cache", str(tmp_path / "cache"), "--all-identities", "--out", str(out), "--folds", "4", "--per-fold", "5"]
     )
     assert summary["identity_disjoint"] is False
-    pairs, _ = evaluate.parse_pairs(out)
+    pairs, _ = eval_pairs.parse_pairs(out)
     keys = [tuple(sorted([(p.name_a, p.index_a), (p.name_b, p.index_b)])) for p in pairs]
     assert len(set(keys)) == len(keys) == 40
     with pytest.raises(ValueError, match="lower --per-fold"):
@@ -512,4 +515,4 @@ def test_make_pairs_and_pairs_on_real_photos(trained_run: Path, shared_dir: Path
     )
     assert report["failed_alignments"] == 1 and report["failed_pairs"] == 1
     assert str(lfw / "Noise" / "Noise_0001.jpg") in report["failures"]
-    assert report["distances"][1] == [0, False, evaluate.FAILED_PAIR_DISTANCE] == [0, False, 2.0]  # scored as a non-match
+    assert report["distances"][1] == [0, False, eval_common.FAILED_PAIR_DISTANCE] == [0, False, 2.0]  # scored as a non-match

@@ -41,7 +41,7 @@ TEMPLATE_FRAMES = 5
 
 
 def threshold_table(genuine: np.ndarray, impostor: np.ndarray, fars: Sequence[float] = FARS) -> dict[str, dict[str, Any]]:
-    from training.evaluate import threshold_at_far
+    from training.eval.metrics import threshold_at_far
 
     same = np.concatenate([np.ones(len(genuine), bool), np.zeros(len(impostor), bool)])
     distances = np.concatenate([genuine, impostor])
@@ -125,7 +125,7 @@ def evaluate_bursts(
 
 def embed_variants(embed: Any, crops: np.ndarray, variants: int, seed: int) -> np.ndarray:
     """(variants, photos, d): variant 0 is the photo as aligned, the others door-camera changes of it."""
-    from training.evaluate import embed_images
+    from training.eval.common import embed_images
 
     aug = door_augmentation(seed)
     out = [embed_images(embed, crops, desc="embedding")]
@@ -155,7 +155,7 @@ def table_markdown(report: dict[str, Any], far: float = 0.001) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from training.evaluate import _json_default, load_model, read_identity_list, select_identities
+    from training.eval.common import _json_default, load_model, read_identity_list, select_identities
     from training.prepare import CropCache
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from training.data import PairBatches, door_augmentation, pair_mask, rows_by_identity, split_identities
 from training.datasets import UNLABELED
-from training.evaluate import best_threshold
+from training.eval.metrics import best_threshold
 from training.losses import pair_loss
 from training.model import DEFAULT_WEIGHTS, build_embedder, recalibrate_batchnorm
 from training.prepare import CropCache

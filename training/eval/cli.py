@@ -1,0 +1,75 @@
+"""The command line: ``python -m training.evaluate protocol|pairs|make-pairs|curves|learning-curve``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.eval.common import DEFAULT_NS
+from training.eval.curves import run_curves, run_learning_curve
+from training.eval.make_pairs import run_make_pairs
+from training.eval.pairs import run_pairs
+from training.eval.protocol import run_protocol
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("protocol", help="the method's fused-vector protocol on held-out identities")
+    p.add_argument("--cache", type=Path, action="append", required=True, help="crop cache (repeatable; each is reported separately)")
+    p.add_argument("--model", type=Path, required=True, help=".keras or .tflite embedder")
+    p.add_argument("--identities", type=Path, help="a run's split.json (its 'val' list) or one identity per line")
+    p.add_argument(
+        "--all-identities",
+        action="store_true",
+        help="use whole every cache holding none of --identities (or every cache, without --identities)",
+    )
+    p.add_argument("--n", type=int, nargs="+", default=list(DEFAULT_NS), help="images fused per vector")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run_protocol)
+
+    p = sub.add_parser("make-pairs", help="an LFW-format pairs.txt over held-out identities")
+    p.add_argument("--cache", type=Path, required=True, help="crop cache whose index.csv lists the aligned images")
+    p.add_argument("--identities", type=Path, help="a run's split.json (its 'val' list) or one identity per line")
+    p.add_argument("--all-identities", action="store_true", help="every identity of the cache (a wholly held-out set)")
+    p.add_argument(
+        "--root",
+        type=Path,
+        action="append",
+        default=[],
+        help="raw image roots in order (repeatable); default: the roots of the cache's index paths",
+    )
+    p.add_argument("--out", type=Path, required=True, help="pairs file to write")
+    p.add_argument("--folds", type=int, default=10)
+    p.add_argument("--per-fold", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_make_pairs)
+
+    p = sub.add_parser("pairs", help="LFW-format verification on raw photos, 10-fold and TAR at FAR")
+    p.add_argument("--root", type=Path, action="append", required=True, help="image root (repeatable, merged by name)")
+    p.add_argument("--pairs", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True, help=".keras or .tflite embedder")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run_pairs)
+
+    p = sub.add_parser("curves", help="training curves from a run's history.csv")
+    p.add_argument("--history", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run_curves)
+
+    p = sub.add_parser("learning-curve", help="best validation figures of runs over training-set size")
+    p.add_argument("--run", type=Path, action="append", required=True, help="a run directory (repeatable)")
+    p.add_argument("--title", default="learning curve")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run_learning_curve)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    result: dict[str, Any] = args.func(args)
+    return result
