@@ -276,7 +276,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or Runtime(settings)
         app.state.runtime = rt
-        MODEL.info({"model_id": rt.model_id, "alignment": rt.package.manifest["alignment_version"]})
+        MODEL.info({"model_id": rt.model_id, "alignment": rt.package.manifest.alignment_version})
         tasks = [asyncio.create_task(_purge_loop(rt))]
         try:
             _sync_index(rt)

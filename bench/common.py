@@ -27,8 +27,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from app.core.config import SHARED_DIR
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
+SHARED = SHARED_DIR
 FACES = SHARED / "data" / "faces" / "celeba_wild"
 FRAME_SIZE = (640, 480)
 # Quiet the native libraries before anything imports them (MediaPipe logs through glog).
@@ -102,10 +104,11 @@ def random_unit_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarra
 
 def model_info(model_store: Path) -> tuple[str, int]:
     """(model id, embedding size) of the package the service will load."""
+    from app.vision import manifest as contract
     from app.vision.embedder import find_package
 
-    manifest = json.loads((find_package(model_store, os.environ.get("MODEL_ID")) / "manifest.json").read_text())
-    return str(manifest["model_id"]), int(manifest["embedding_size"])
+    manifest = contract.read(find_package(model_store, os.environ.get("MODEL_ID")))
+    return manifest.model_id, manifest.embedding_size
 
 
 def seed_templates(database_url: str, model_id: str, count: int, dim: int, seed: int = 0, bulk: bool = False) -> float:

@@ -52,7 +52,7 @@ def main() -> None:
     crop = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
     rows = []
     for threads in args.threads:
-        student = LiteRTModel(package.path / package.manifest["serving_file"], num_threads=threads)
+        student = LiteRTModel(package.path / package.manifest.serving_file, num_threads=threads)
         rows.append({"model": f"student {package.model_id}", "threads": threads, **percentiles(time_calls(student, crop, args.faces))})
         if args.teacher.exists():
             from training.teacher import Teacher

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import keras
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 
 import training.tflite
+from app.vision import manifest as contract
+from app.vision.embedder import ModelPackage, ModelPackageError
 from app.vision.litert import LiteRTModel
 from training import export
 from training.model import build_embedder
@@ -114,10 +117,50 @@ def test_export_refuses_to_overwrite_and_to_ship_a_diverging_tflite(
 
 
 def test_export_is_loadable_by_the_service(exported: Path) -> None:
-    embedder = pytest.importorskip("app.vision.embedder", reason="the service's model loader is not in this checkout")
-    package = embedder.ModelPackage.open(exported)
+    package = ModelPackage.open(exported)
     assert package.model_id == exported.name
     assert package.input_size == 64
+
+
+def test_manifest_round_trip_export_read_verify(exported: Path, tmp_path: Path) -> None:
+    """export -> read -> verify; written again, the same contract; a tampered file, a missing
+    one and an unknown format are refused by name."""
+    manifest = contract.read(exported)
+    contract.verify(exported, manifest)
+    assert manifest.model_id == exported.name and manifest.serving_file == "model.tflite"
+    assert manifest.files["model.tflite"] == contract.file_entry(exported / "model.tflite")
+    assert manifest.extra("training")["history"]["epochs_run"] == 2  # records kept as written
+
+    copy = tmp_path / exported.name
+    shutil.copytree(exported, copy)
+    contract.write(copy, manifest)
+    assert contract.read(copy) == manifest
+    contract.verify(copy, contract.read(copy))
+
+    with (copy / "model.tflite").open("r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x00\x01\x02")
+    with pytest.raises(contract.ManifestError, match="corrupt"):
+        contract.verify(copy, manifest)
+    with pytest.raises(ModelPackageError, match="corrupt"):
+        ModelPackage.open(copy)
+    (copy / "model.keras").unlink()
+    with pytest.raises(contract.ManifestError, match="missing"):
+        contract.verify(copy, manifest)
+
+    raw = json.loads((exported / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**raw, "format_version": 2}))
+    with pytest.raises(contract.ManifestError, match="format_version 2"):
+        contract.read(copy)
+    (copy / "manifest.json").write_text(json.dumps({**raw, "serving_file": "other.tflite"}))
+    with pytest.raises(contract.ManifestError, match="not covered by the manifest checksums"):
+        contract.read(copy)
+
+
+def test_the_shipped_manifests_fit_the_contract(repo_root: Path) -> None:
+    for path in shipped_models(repo_root):
+        manifest = contract.read(path.parent)
+        assert contract.Manifest.model_validate(manifest.model_dump(mode="json")) == manifest
 
 
 def shipped_models(repo_root: Path) -> list[Path]:

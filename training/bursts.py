@@ -36,6 +36,8 @@ from app.matching.fusion import l2_normalise
 from training.data import door_augmentation
 
 FRAMES = tuple(range(1, 17))
+# Histogram bins of the distances (the whole 0..2 scale, 0.02 wide) kept for the threshold page.
+HISTOGRAM_BINS = np.round(np.linspace(0.0, 2.0, 101), 4)
 FARS = (0.01, 0.001, 0.0001, 0.00001)
 TEMPLATE_FRAMES = 5
 
@@ -52,6 +54,11 @@ def threshold_table(genuine: np.ndarray, impostor: np.ndarray, fars: Sequence[fl
         point = threshold_at_far(distances, same, far)
         table[str(far)] = {k: point[k] for k in ("threshold", "far", "tar", "negatives", "positives")}
     return table
+
+
+def histogram(distances: np.ndarray) -> list[int]:
+    """Counts of distances in HISTOGRAM_BINS (the last bin holds 2.0 itself)."""
+    return [int(c) for c in np.histogram(np.clip(distances, 0.0, 2.0), bins=HISTOGRAM_BINS)[0]]
 
 
 def split_photos(rows: np.ndarray, seed: int, identity: str) -> tuple[np.ndarray, np.ndarray]:
@@ -112,8 +119,10 @@ def evaluate_bursts(
             "genuine": {"count": int(g.size), "mean": float(g.mean()), "p95": float(np.percentile(g, 95))},
             "impostor": {"count": int(i.size), "mean": float(i.mean()), "min": float(i.min()), "p01": float(np.percentile(i, 1))},
             "by_far": table,
+            "histogram": {"genuine": histogram(g), "impostor": histogram(i)},
         }
     return {
+        "histogram_bins": HISTOGRAM_BINS.tolist(),
         "people": len(people),
         "enrolled_per_stranger": len(people) - 1,
         "template_frames": template_frames,

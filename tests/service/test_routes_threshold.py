@@ -120,7 +120,8 @@ def test_calibrate(admin: TestClient, clean_runtime: Runtime) -> None:
     # worth) at that FAR, never the single-photo threshold: strangers' fused bursts lie closer.
     far = admin.post("/v1/threshold/calibrate", json={"method": "target_far", "target_far": 0.001}).json()
     assert far["recommended"] == far["manifest_far_threshold"] == default == rt.thresholds.at(5)
-    assert far["recommended"] != rt.package.threshold_for_far(0.001)
+    single_photo = rt.package.manifest.extra("thresholds_by_far")["0.001"]
+    assert far["recommended"] != single_photo
     assert far["applied"] is False
     # Applying target_far stores the FAR: every burst size gets its own row again.
     applied_far = admin.post("/v1/threshold/calibrate", json={"method": "target_far", "target_far": 0.001, "apply": True}).json()

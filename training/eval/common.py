@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from app.vision.embedder import sha256_file
+from app.vision.manifest import sha256_file
 from training.teacher import TEACHER_SHA256
 
 DEFAULT_NS = (1, 2, 3, 5, 7)

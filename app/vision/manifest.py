@@ -1,0 +1,130 @@
+"""The model package contract, in one module: what ``manifest.json`` holds, and how it is
+written (``training.export``), read and verified (the service, the benchmarks, the tests).
+
+A package is a directory: ``manifest.json`` and the files it lists with their sha256. The
+fields the service relies on are typed here; the training and evaluation records
+(``architecture``, ``training``, ``evaluation``, ...) are kept as written, for people to read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, unreadable, of an unknown format, or does not match its files."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: int = Field(gt=0)
+    channels: Literal[3]
+    color: Literal["RGB"]
+    dtype: Literal["float32"]
+    range: tuple[float, float]
+
+
+class BurstThresholds(BaseModel):
+    """Threshold by (frames fused in the query, target FAR), measured against templates of
+    ``template_frames`` frames; ``app.matching.threshold.ThresholdTable`` reads it."""
+
+    model_config = ConfigDict(extra="allow")
+    template_frames: int = Field(gt=0)
+    default_far: float = Field(gt=0, lt=1)
+    by_frames: dict[str, dict[str, float | None]]
+    source: str | None = None
+    tar: dict[str, dict[str, float | None]] | None = None
+    histograms: dict[str, Any] | None = Field(default=None, description="bins and genuine/impostor counts by frames fused")
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    format_version: Literal[1]
+    model_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    created: str
+    files: dict[str, FileEntry]
+    serving_file: str
+    input: InputSpec
+    preprocessing: str | None = None
+    alignment_version: str
+    embedding_size: int = Field(gt=0)
+    distance: str | None = None
+    burst_thresholds: BurstThresholds | None = None
+
+    @model_validator(mode="after")
+    def _serving_file_is_checked(self) -> Manifest:
+        if self.serving_file not in self.files:
+            raise ValueError(f"serving file {self.serving_file} is not covered by the manifest checksums")
+        return self
+
+    def extra(self, name: str) -> Any:
+        """A record kept as written (``training``, ``evaluation``, ...), or None."""
+        return (self.model_extra or {}).get(name)
+
+
+def read(package: Path) -> Manifest:
+    """The package's manifest, validated; refuses an unknown ``format_version`` by name."""
+    path = Path(package) / MANIFEST
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"model package {package} has no {MANIFEST}") from exc
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path} is not a JSON object")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(
+            f"{path} has format_version {raw.get('format_version')!r}; this code reads version {FORMAT_VERSION}: "
+            "use the facegate release that exported it, or re-export the model"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        raise ManifestError(f"{path} does not fit the package contract ({problems}): re-export the model") from exc
+
+
+def write(package: Path, manifest: Manifest | dict[str, Any]) -> Manifest:
+    """Validate and write ``manifest.json`` (the files it lists must already be in place)."""
+    checked = manifest if isinstance(manifest, Manifest) else Manifest.model_validate(manifest)
+    (Path(package) / MANIFEST).write_text(json.dumps(checked.model_dump(mode="json", exclude_none=False), indent=2) + "\n")
+    return checked
+
+
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(sha256=sha256_file(path), bytes=Path(path).stat().st_size)
+
+
+def verify(package: Path, manifest: Manifest) -> None:
+    """Every listed file is there with its sha256, before anything runs."""
+    for name, entry in manifest.files.items():
+        file = Path(package) / name
+        if not file.is_file():
+            raise ManifestError(f"model file {file} listed in the manifest is missing")
+        actual = sha256_file(file)
+        if actual != entry.sha256:
+            raise ManifestError(f"model file {file} is corrupt: sha256 {actual} != manifest {entry.sha256}")
