@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import common
+from bench import camera, measure, paths, seeding, server
 
 TARGET_IDENTIFY5_P50_MS = 80.0
 TARGET_SCAN_1M_MS = 30.0
@@ -67,7 +67,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--skip-service", action="store_true", help="only the in-process scan benchmark")
     p.add_argument("--skip-scan", action="store_true", help="only the service benchmark")
-    p.add_argument("--out", type=Path, default=common.REPO_ROOT / "bench" / "results" / "service.json")
+    p.add_argument("--out", type=Path, default=paths.REPO_ROOT / "bench" / "results" / "service.json")
     args = p.parse_args()
     quick = args.quick
     args.requests = args.requests or (10 if quick else 40)
@@ -76,37 +76,37 @@ def parse_args() -> argparse.Namespace:
     args.scan_sizes = [int(x) for x in (args.scan_sizes or ("10000,100000,1000000")).split(",") if x]
     if args.server_templates is None:
         args.server_templates = 0 if quick else 100_000
-    args.model_store = args.model_store or common.default_model_store()
+    args.model_store = args.model_store or server.default_model_store()
     return args
 
 
 # -- identify ------------------------------------------------------------------------------
 
 
-def sequential_identify(service: common.Service, bursts: list[list[bytes]], requests: int, warmup: int) -> dict[str, Any]:
+def sequential_identify(service: server.Service, bursts: list[list[bytes]], requests: int, warmup: int) -> dict[str, Any]:
     """Timed one after another on a keep-alive client; stage means from /metrics."""
     import httpx
 
     with httpx.Client(base_url=service.base_url, headers={"X-API-Key": service.door_key}, timeout=60) as client:
         for i in range(warmup):
-            client.post("/v1/identify", **common.multipart(bursts[i % len(bursts)], door_id="bench")).raise_for_status()
-        before = common.stage_sums(service)
+            client.post("/v1/identify", **camera.multipart(bursts[i % len(bursts)], door_id="bench")).raise_for_status()
+        before = measure.stage_sums(service)
         latencies: list[float] = []
         decisions: dict[str, int] = {}
         frames_used: list[int] = []
         for i in range(requests):
             frames = bursts[i % len(bursts)]
             t0 = time.perf_counter()
-            r = client.post("/v1/identify", **common.multipart(frames, door_id="bench"))
+            r = client.post("/v1/identify", **camera.multipart(frames, door_id="bench"))
             latencies.append(time.perf_counter() - t0)
             if r.status_code != 200:
                 raise SystemExit(f"identify answered {r.status_code}: {r.text[:500]}")
             body = r.json()
             decisions[body["decision"]] = decisions.get(body["decision"], 0) + 1
             frames_used.append(body["frames_used"])
-        after = common.stage_sums(service)
-    stages = common.stage_means_ms(before, after)
-    summary = common.latency_summary(latencies)
+        after = measure.stage_sums(service)
+    stages = measure.stage_means_ms(before, after)
+    summary = measure.latency_summary(latencies)
     # What the stages do not cover: HTTP, multipart parsing, auth, the audit write, the response.
     stages["other"] = round(summary["mean_ms"] - sum(stages.values()), 2)
     return {"latency": summary, "stages_mean_ms": stages, "decisions": decisions, "frames_used_mean": round(float(np.mean(frames_used)), 2)}
@@ -114,25 +114,25 @@ def sequential_identify(service: common.Service, bursts: list[list[bytes]], requ
 
 def service_phase(args: argparse.Namespace, people: dict[str, list[Path]]) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with common.database(args.database_url) as url:
-        env = common.service_env(url, args.model_store)
-        common.prepare_database(env, args.reuse_db)
+    with server.database(args.database_url) as url:
+        env = server.service_env(url, args.model_store)
+        server.prepare_database(env, args.reuse_db)
         t0 = time.perf_counter()
-        with common.running_service(env, hide_tensorflow=args.hide_tensorflow) as service:
+        with server.running_service(env, hide_tensorflow=args.hide_tensorflow) as service:
             results["startup_s"] = round(time.perf_counter() - t0, 2)
             results["memory_idle"] = service.memory()
             results["tensorflow_loaded"] = service.loaded_tensorflow()
-            common.create_keys(service)
-            identity, spare = common.enrol_real_person(service, people)
+            server.create_keys(service)
+            identity, spare = server.enrol_real_person(service, people)
             results["enrolled_identity"] = identity
             print(f"service up at {service.base_url}; enrolled CelebA identity {identity}", flush=True)
             for frames in (1, 5):
-                bursts = common.identify_bursts(people, identity, spare, frames, count=8, seed=100 * frames)
+                bursts = camera.identify_bursts(people, identity, spare, frames, count=8, seed=100 * frames)
                 results[f"identify_{frames}"] = sequential_identify(service, bursts, args.requests, args.warmup)
                 lat = results[f"identify_{frames}"]["latency"]
                 print(f"identify {frames} frame(s): p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms", flush=True)
-            bursts = common.identify_bursts(people, identity, spare, args.concurrent_frames, count=8, seed=7)
-            load = common.identify_load(
+            bursts = camera.identify_bursts(people, identity, spare, args.concurrent_frames, count=8, seed=7)
+            load = measure.identify_load(
                 service.base_url, service.door_key, bursts, args.concurrent_requests, args.concurrency, args.max_seconds
             )
             results["concurrent"] = {"concurrency": args.concurrency, "frames": args.concurrent_frames, **load.summary()}
@@ -145,18 +145,18 @@ def service_phase(args: argparse.Namespace, people: dict[str, list[Path]]) -> di
 def server_templates_phase(args: argparse.Namespace, model_id: str, dim: int) -> dict[str, Any]:
     """RSS of a server whose index holds N synthetic templates (synced from a SQLite file at start-up)."""
     n = args.server_templates
-    with common.database(None) as url:
-        env = common.service_env(url, args.model_store)
-        common.prepare_database(env, reuse=False)
-        seed_s = common.seed_templates(url, model_id, n, dim, bulk=True)
+    with server.database(None) as url:
+        env = server.service_env(url, args.model_store)
+        server.prepare_database(env, reuse=False)
+        seed_s = seeding.seed_templates(url, model_id, n, dim, bulk=True)
         t0 = time.perf_counter()
-        with common.running_service(env, start_timeout=600, hide_tensorflow=args.hide_tensorflow) as service:
+        with server.running_service(env, start_timeout=600, hide_tensorflow=args.hide_tensorflow) as service:
             startup = time.perf_counter() - t0
             ready = service.memory()
-            common.create_keys(service)
-            people = common.face_photos()
+            server.create_keys(service)
+            people = camera.face_photos()
             identity = next(iter(people))
-            bursts = common.identify_bursts(people, identity, people[identity], 5, count=4)
+            bursts = camera.identify_bursts(people, identity, people[identity], 5, count=4)
             identify = sequential_identify(service, bursts, requests=8, warmup=2)
             after = service.memory()
     return {
@@ -173,7 +173,7 @@ def server_templates_phase(args: argparse.Namespace, model_id: str, dim: int) ->
 
 
 def self_rss_mib() -> float:
-    return common.process_memory(os.getpid())["rss_mib"]
+    return server.process_memory(os.getpid())["rss_mib"]
 
 
 def scan_phase(sizes: list[int], queries: int, dim: int) -> list[dict[str, Any]]:
@@ -192,7 +192,7 @@ def scan_phase(sizes: list[int], queries: int, dim: int) -> list[dict[str, Any]]
         codes = np.empty((n, dim), dtype=np.int8)
         for start in range(0, n, 100_000):
             stop = min(n, start + 100_000)
-            codes[start:stop] = quantise(common.random_unit_vectors(stop - start, dim, rng))
+            codes[start:stop] = quantise(camera.random_unit_vectors(stop - start, dim, rng))
         index = TemplateIndex("bench", dim, threads=threads)
         ids = np.arange(1, n + 1, dtype=np.int64)
         t0 = time.perf_counter()
@@ -201,7 +201,7 @@ def scan_phase(sizes: list[int], queries: int, dim: int) -> list[dict[str, Any]]
         del codes
         gc.collect()
         rss_index = self_rss_mib() - rss0
-        probes = common.random_unit_vectors(queries + 3, dim, rng)
+        probes = camera.random_unit_vectors(queries + 3, dim, rng)
         for q in probes[:3]:
             index.scan(q, k=16)
         times = []
@@ -220,8 +220,8 @@ def scan_phase(sizes: list[int], queries: int, dim: int) -> list[dict[str, Any]]
         row: dict[str, Any] = {
             "templates": n,
             "threads": threads,
-            "scan": common.latency_summary(times),
-            "dot_only": common.latency_summary(dots),
+            "scan": measure.latency_summary(times),
+            "dot_only": measure.latency_summary(dots),
             "index_nbytes": index.nbytes,
             "index_bytes_per_template": round(index.nbytes / n, 1),
             "process_rss_growth_mib": round(rss_index, 1),
@@ -247,7 +247,7 @@ def report(results: dict[str, Any]) -> str:
         for frames in (1, 5):
             r = svc[f"identify_{frames}"]
             lat = r["latency"]
-            p50 = common.versus(lat["p50_ms"], TARGET_IDENTIFY5_P50_MS, "ms") if frames == 5 else f"{lat['p50_ms']:.1f} ms"
+            p50 = measure.versus(lat["p50_ms"], TARGET_IDENTIFY5_P50_MS, "ms") if frames == 5 else f"{lat['p50_ms']:.1f} ms"
             rows.append(
                 [
                     f"identify, {frames} frame(s), sequential (n={lat['n']})",
@@ -272,7 +272,10 @@ def report(results: dict[str, Any]) -> str:
         for label, key in ((f"server RSS, idle after start ({tf})", "memory_idle"), ("server RSS after the load", "memory_after_load")):
             m = svc[key]
             rows.append(
-                [label, f"{common.versus(m['rss_mib'] / MIB_PER_MB, TARGET_MEMORY_MB, 'MB')}; peak {m['peak_rss_mib'] / MIB_PER_MB:.0f} MB"]
+                [
+                    label,
+                    f"{measure.versus(m['rss_mib'] / MIB_PER_MB, TARGET_MEMORY_MB, 'MB')}; peak {m['peak_rss_mib'] / MIB_PER_MB:.0f} MB",
+                ]
             )
     big = results.get("server_templates")
     if big:
@@ -281,7 +284,7 @@ def report(results: dict[str, Any]) -> str:
         rows.append(
             [
                 f"server RSS holding {big['templates']:,} templates",
-                f"{common.versus(m['rss_mib'] / MIB_PER_MB, TARGET_MEMORY_MB, 'MB')}; peak {m['peak_rss_mib'] / MIB_PER_MB:.0f} MB; "
+                f"{measure.versus(m['rss_mib'] / MIB_PER_MB, TARGET_MEMORY_MB, 'MB')}; peak {m['peak_rss_mib'] / MIB_PER_MB:.0f} MB; "
                 f"start-up {big['startup_s']} s; 5-frame identify p50 {lat['p50_ms']:.1f} ms, "
                 f"scan stage {big['identify_5']['stages_mean_ms'].get('scan', float('nan')):.1f} ms",
             ]
@@ -290,13 +293,13 @@ def report(results: dict[str, Any]) -> str:
             rows.append(
                 [
                     "server RSS at 1M templates (projected: RSS after the load + 1M x growth per template)",
-                    f"{common.versus(results['projected_1m_rss_mb'], TARGET_MEMORY_MB, 'MB')}; "
+                    f"{measure.versus(results['projected_1m_rss_mb'], TARGET_MEMORY_MB, 'MB')}; "
                     f"{results['server_bytes_per_template']:.0f} B/template",
                 ]
             )
     for s in results.get("scan", []):
         p50 = s["scan"]["p50_ms"]
-        shown = common.versus(p50, TARGET_SCAN_1M_MS, "ms") if s["templates"] == 1_000_000 else f"{p50:.2f} ms"
+        shown = measure.versus(p50, TARGET_SCAN_1M_MS, "ms") if s["templates"] == 1_000_000 else f"{p50:.2f} ms"
         rows.append(
             [
                 f"scan k=16, {s['templates']:,} templates (n={s['scan']['n']})",
@@ -305,14 +308,14 @@ def report(results: dict[str, Any]) -> str:
                 f"RSS growth {s['rss_bytes_per_template']:.0f} B/template)",
             ]
         )
-    return common.markdown_table(["measure", "result"], rows)
+    return measure.markdown_table(["measure", "result"], rows)
 
 
 def main() -> None:
     args = parse_args()
-    model_id, dim = common.model_info(args.model_store)
+    model_id, dim = seeding.model_info(args.model_store)
     results: dict[str, Any] = {
-        "machine": common.machine(),
+        "machine": measure.machine(),
         "model_id": model_id,
         "embedding_size": dim,
         "model_store": str(args.model_store),
@@ -324,7 +327,7 @@ def main() -> None:
     }
     started = time.perf_counter()
     if not args.skip_service:
-        people = common.face_photos()
+        people = camera.face_photos()
         results["service"] = service_phase(args, people)
         if args.server_templates:
             results["server_templates"] = server_templates_phase(args, model_id, dim)
@@ -340,7 +343,7 @@ def main() -> None:
     results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     table = report(results)
     results["table"] = table
-    common.write_json(args.out, results)
+    measure.write_json(args.out, results)
     print()
     print(
         f"facegate service benchmark — model {model_id}, {results['machine']['cpus']} CPUs, "

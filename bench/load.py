@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import common
+from bench import camera, measure, paths, seeding, server
 
 MAX_REQUESTS = 20_000
 MAX_SECONDS = 600.0
@@ -45,7 +45,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reuse-db", action="store_true", help="accept a --database-url that already holds people")
     p.add_argument("--hide-tensorflow", action="store_true", help="start the server as in the Docker image (no TensorFlow)")
     p.add_argument("--model-store", type=Path, default=None, help="default: $MODEL_STORE or model_store/")
-    p.add_argument("--out", type=Path, default=common.REPO_ROOT / "bench" / "results" / "load.json")
+    p.add_argument("--out", type=Path, default=paths.REPO_ROOT / "bench" / "results" / "load.json")
     args = p.parse_args()
     args.templates = args.templates if args.templates is not None else (1000 if args.quick else 3000)
     args.requests = args.requests or (60 if args.quick else 400)
@@ -56,17 +56,17 @@ def parse_args() -> argparse.Namespace:
     if not 1 <= args.concurrency <= MAX_CONCURRENCY:
         p.error(f"--concurrency must be within 1..{MAX_CONCURRENCY}")
     if args.url:
-        common.require_loopback(args.url)
+        server.require_loopback(args.url)
         if not args.key:
             p.error("--url needs --key")
-    args.model_store = args.model_store or common.default_model_store()
+    args.model_store = args.model_store or server.default_model_store()
     return args
 
 
-def run(args: argparse.Namespace, base_url: str, key: str, bursts: list[list[bytes]]) -> common.LoadResult:
+def run(args: argparse.Namespace, base_url: str, key: str, bursts: list[list[bytes]]) -> measure.LoadResult:
     if args.warmup:
-        common.identify_load(base_url, key, bursts, args.warmup, min(args.concurrency, args.warmup), args.max_seconds)
-    return common.identify_load(base_url, key, bursts, args.requests, args.concurrency, args.max_seconds)
+        measure.identify_load(base_url, key, bursts, args.warmup, min(args.concurrency, args.warmup), args.max_seconds)
+    return measure.identify_load(base_url, key, bursts, args.requests, args.concurrency, args.max_seconds)
 
 
 def templates_served(base_url: str) -> int | None:
@@ -79,9 +79,9 @@ def templates_served(base_url: str) -> int | None:
 
 def main() -> None:
     args = parse_args()
-    people = common.face_photos()
+    people = camera.face_photos()
     results: dict[str, Any] = {
-        "machine": common.machine(),
+        "machine": measure.machine(),
         "concurrency": args.concurrency,
         "frames": args.frames,
         "requests_asked": args.requests,
@@ -89,22 +89,22 @@ def main() -> None:
     }
     if args.url:
         identity = next(iter(people))
-        bursts = common.identify_bursts(people, identity, people[identity], args.frames, count=8)
+        bursts = camera.identify_bursts(people, identity, people[identity], args.frames, count=8)
         results["target"] = args.url
         results["templates"] = templates_served(args.url)
         load = run(args, args.url, args.key, bursts)
     else:
-        model_id, dim = common.model_info(args.model_store)
+        model_id, dim = seeding.model_info(args.model_store)
         results["model_id"] = model_id
-        with common.database(args.database_url) as url:
-            env = common.service_env(url, args.model_store)
-            common.prepare_database(env, args.reuse_db)
-            results["seed_s"] = round(common.seed_templates(url, model_id, args.templates, dim, seed=1), 1)
+        with server.database(args.database_url) as url:
+            env = server.service_env(url, args.model_store)
+            server.prepare_database(env, args.reuse_db)
+            results["seed_s"] = round(seeding.seed_templates(url, model_id, args.templates, dim, seed=1), 1)
             print(f"{args.templates} synthetic persons written in {results['seed_s']} s", flush=True)
-            with common.running_service(env, hide_tensorflow=args.hide_tensorflow) as service:
-                common.create_keys(service)
-                identity, spare = common.enrol_real_person(service, people)
-                bursts = common.identify_bursts(people, identity, spare, args.frames, count=8)
+            with server.running_service(env, hide_tensorflow=args.hide_tensorflow) as service:
+                server.create_keys(service)
+                identity, spare = server.enrol_real_person(service, people)
+                bursts = camera.identify_bursts(people, identity, spare, args.frames, count=8)
                 results["target"] = "own server (" + ("postgres" if url.startswith("postgres") else "sqlite") + ")"
                 print(
                     f"server up at {service.base_url} with {args.templates} synthetic templates + 1 enrolled; "
@@ -142,9 +142,9 @@ def main() -> None:
                 f"{m['rss_mib']:.0f} MiB (peak {m['peak_rss_mib']:.0f} MiB; TensorFlow loaded: {results['tensorflow_loaded']})",
             ]
         )
-    table = common.markdown_table(["measure", "result"], rows)
+    table = measure.markdown_table(["measure", "result"], rows)
     results["table"] = table
-    common.write_json(args.out, results)
+    measure.write_json(args.out, results)
     print()
     print(
         f"facegate load test — {results['target']}, {results['machine']['cpus']} CPUs, "

@@ -218,6 +218,10 @@ def list_persons(session: Session, *, offset: int, limit: int, name: str | None 
     return persons, int(session.execute(count_query).scalar_one())
 
 
+def count_persons(session: Session) -> int:
+    return int(session.execute(select(func.count()).select_from(Person)).scalar_one())
+
+
 def frame_counts(session: Session, *, person_ids: Sequence[int], model_id: str) -> dict[int, int]:
     if not person_ids:
         return {}
