@@ -22,57 +22,58 @@ class Settings(BaseSettings):
     # Storage
     DATABASE_URL: str = Field(
         default=f"sqlite:///{REPO_ROOT / 'var' / 'facegate.db'}",
-        description="SQLAlchemy URL; SQLite file by default, e.g. postgresql+psycopg://user@host/db for Postgres",
+        description="SQLAlchemy URL: a SQLite file, or `postgresql://user@host/db` (read as `postgresql+psycopg://`)",
     )
-    DB_POOL_SIZE: int = 5
-    DB_CONNECT_TIMEOUT_S: int = 3
+    DB_POOL_SIZE: int = Field(default=5, ge=1, description="Postgres connections kept per process (as many again may overflow)")
+    DB_CONNECT_TIMEOUT_S: int = Field(default=3, ge=1, description="seconds to wait for a Postgres connection before a 503")
 
     # Model package
-    MODEL_STORE: Path = REPO_ROOT / "model_store"
-    MODEL_ID: str | None = Field(default=None, description="which package in MODEL_STORE; default: the only or newest one")
+    MODEL_STORE: Path = Field(default=REPO_ROOT / "model_store", description="directory of model packages")
+    MODEL_ID: str | None = Field(default=None, description="which package in MODEL_STORE; default: the newest one")
     EMBED_THREADS: int = Field(default=2, ge=1, le=64, description="LiteRT threads per embedding call")
 
     # Bursts and uploads
-    MAX_FRAMES: int = 16
-    MAX_FRAME_BYTES: int = 8 * 1024 * 1024
-    MAX_REQUEST_BYTES: int = 64 * 1024 * 1024
-    MAX_IMAGE_PIXELS: int = 40_000_000
-    MAX_ALIGN_SIDE: int = 1280
-    MIN_ENROL_FRAMES: int = 5
-    MIN_IDENTIFY_FRAMES: int = 1
+    MAX_FRAMES: int = Field(default=16, ge=1, description="frames per request (413 `too_many_frames` above)")
+    MAX_FRAME_BYTES: int = Field(default=8 * 1024 * 1024, ge=1, description="bytes per frame (413 `frame_too_large`)")
+    MAX_REQUEST_BYTES: int = Field(default=64 * 1024 * 1024, ge=1, description="bytes per request body (413 `request_too_large`)")
+    MAX_IMAGE_PIXELS: int = Field(default=40_000_000, ge=1, description="pixels per frame, read from the header before decoding")
+    MAX_ALIGN_SIDE: int = Field(default=1280, ge=64, description="larger frames are downscaled to this side before Face Mesh")
+    MIN_ENROL_FRAMES: int = Field(default=5, description="usable frames an enrolment needs")
+    MIN_IDENTIFY_FRAMES: int = Field(default=1, ge=1, description="usable frames an identify or verify needs to be decided")
 
     # Frame quality (on the aligned face)
     MIN_FACE_PX: float = Field(default=50.0, description="smallest face width (landmark box, source pixels)")
     MIN_SHARPNESS: float = Field(default=10.0, description="smallest Laplacian variance inside the face")
     MIN_BRIGHTNESS: float = Field(default=40.0, description="darkest mean face luminance (0..255)")
     MAX_BRIGHTNESS: float = Field(default=225.0, description="brightest mean face luminance (0..255)")
-    ALIGNER_POOL: int = 2
+    ALIGNER_POOL: int = Field(default=2, ge=1, description="Face Mesh graphs per process: frames of a burst aligned in parallel")
     DOMINANT_FACE_RATIO: float = Field(
         default=2.0,
         ge=1.0,
         description="with several faces in a frame, the largest is used when its landmark box has at least this many times "
-        "the area of any other (people behind the one at the door); comparable faces refuse the frame (multiple_faces)",
+        "the area of any other (people behind the one at the door); comparable faces refuse the frame (`multiple_faces`)",
     )
 
     # Decisions
     DEFAULT_THRESHOLD: float | None = Field(
         default=None,
-        description="one threshold for every burst size, before any PUT /v1/threshold; default: the model's thresholds by frames fused",
+        description="one distance for every burst size until an admin sets a threshold; "
+        "none: the model's thresholds by frames fused, at its default FAR",
     )
-    DELETION_TOKEN_TTL_S: int = 120
-    SCAN_RESCORE_K: int = 16
+    DELETION_TOKEN_TTL_S: int = Field(default=120, ge=1, description="life of a confirm-by-face deletion token, seconds")
+    SCAN_RESCORE_K: int = Field(default=16, ge=1, description="shortlist of the int8 scan rescored exactly")
     SCAN_THREADS: int = Field(default=2, ge=1, le=64, description="threads for the int8 template scan")
 
     # Access
-    AUTH_ENABLED: bool = True
-    RATE_LIMIT_DOOR: str = Field(default="10/second", description="per key, identify and verify")
-    RATE_LIMIT_ADMIN: str = Field(default="50/second", description="per key, everything else")
+    AUTH_ENABLED: bool = Field(default=True, description="API keys required (turn off only on a closed test bench)")
+    RATE_LIMIT_DOOR: str = Field(default="10/second", description="per key, identify and verify (429 + Retry-After)")
+    RATE_LIMIT_ADMIN: str = Field(default="50/second", description="per key, everything else (429 + Retry-After)")
 
     # Audit and operations
-    EVENT_RETENTION_DAYS: int = 90
-    PURGE_INTERVAL_S: int = 3600
-    LOG_LEVEL: str = "INFO"
-    LOG_FORMAT: Literal["json", "text"] = "json"
+    EVENT_RETENTION_DAYS: int = Field(default=90, ge=1, description="audit events older than this are purged")
+    PURGE_INTERVAL_S: int = Field(default=3600, ge=1, description="how often a server purges (also `facegate events purge`)")
+    LOG_LEVEL: str = Field(default="INFO", description="Python log level")
+    LOG_FORMAT: Literal["json", "text"] = Field(default="json", description="JSON lines carry the request id")
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -132,3 +133,24 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = str(value).replace(str(REPO_ROOT), "<repo>")
+    return f"`{text}`"
+
+
+def settings_table() -> str:
+    """The README's configuration table, from the fields themselves (``python -m app.core.config``)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        rows.append(f"| `{name}` | {_shown(field.default)} | {field.description or ''} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())
