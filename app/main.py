@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError
@@ -294,7 +295,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             if runtime is None:
                 rt.close()
 
-    app = FastAPI(
+    # The docs pages' Swagger UI and ReDoc assets are served by this process (fastapi-offline
+    # ships FastAPI's own CDN files in the wheel): door servers often have no internet.
+    app = FastAPIOffline(
         title="facegate",
         version="0.1.0",
         description=DESCRIPTION,

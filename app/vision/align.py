@@ -16,9 +16,15 @@ retrain, because a model only transfers to crops made the way its training crops
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -37,10 +43,42 @@ NOSE_TIP = 1
 MOUTH_IMAGE_LEFT, MOUTH_IMAGE_RIGHT = 61, 291
 
 
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    """Answers ``import tensorflow...`` as an absent package does."""
+
+    def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> ModuleSpec | None:
+        if name.split(".", 1)[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r} (not loaded for Face Mesh)", name=name)
+        return None
+
+
+_mediapipe_lock = threading.Lock()
+
+
+def mediapipe_solutions() -> ModuleType:
+    """``mediapipe.python.solutions``, imported without TensorFlow.
+
+    Importing any part of MediaPipe runs ``mediapipe.tasks``, whose optional import of
+    TensorFlow (for API-doc decorators it falls back from) loads ~650 MB into a server that
+    never trains whenever TensorFlow is installed beside it (one venv for training and serving).
+    Face Mesh needs none of it, so ``import tensorflow`` is answered as absent while MediaPipe
+    is imported. A process that already loaded TensorFlow (training) keeps it.
+    """
+    with _mediapipe_lock:
+        if "mediapipe.python.solutions" not in sys.modules:
+            hide = _NoTensorFlow()
+            sys.meta_path.insert(0, hide)
+            try:
+                importlib.import_module("mediapipe.python.solutions.face_mesh")
+            finally:
+                sys.meta_path.remove(hide)
+        return importlib.import_module("mediapipe.python.solutions")
+
+
 @lru_cache(maxsize=1)
 def _eye_indices() -> tuple[np.ndarray, np.ndarray]:
     """(subject's left eye, subject's right eye) contour indices: image-right, image-left."""
-    from mediapipe.python.solutions import face_mesh_connections as fmc
+    fmc = mediapipe_solutions().face_mesh_connections
 
     def indices(connections: frozenset[tuple[int, int]]) -> np.ndarray:
         return np.array(sorted({i for pair in connections for i in pair}), dtype=np.int64)
@@ -164,7 +202,7 @@ class FaceAligner:
         detect_min_side: int = 256,
         dominance: float = DOMINANT_FACE_RATIO,
     ):
-        from mediapipe.python.solutions import face_mesh
+        face_mesh = mediapipe_solutions().face_mesh
 
         if dominance < 1.0:
             raise ValueError(f"dominance is an area ratio >= 1, got {dominance}")
