@@ -8,11 +8,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -32,6 +34,7 @@ from app.services.audit import Actor
 from app.services.runtime import Runtime
 
 log = logging.getLogger("facegate")
+CONSOLE_DIR = Path(__file__).parent / "console"
 
 DESCRIPTION = """
 Face recognition for door access. Door controllers POST bursts of frames to
@@ -347,6 +350,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     for module in (recognition, persons, deletion, threshold, health, keys, events):
         app.include_router(module.router)
+    # The operators' console: static files over the same API (no build step, no CDN).
+    app.mount("/console", StaticFiles(directory=CONSOLE_DIR, html=True), name="console")
     app.add_middleware(BodyLimit, max_bytes=settings.MAX_REQUEST_BYTES)
     return app
 

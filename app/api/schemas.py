@@ -40,6 +40,12 @@ class PersonRef(BaseModel):
     name: str
 
 
+class FramesCheckPublic(BaseModel):
+    usable: int = Field(description="frames that would be used")
+    enough_to_enrol: bool = Field(description="at least MIN_ENROL_FRAMES usable frames")
+    frames: list[FramePublic]
+
+
 class IdentifyPublic(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={

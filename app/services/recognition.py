@@ -122,6 +122,12 @@ def _audit_decision(session: Session, actor: Actor, kind: str, runtime: Runtime,
 # -- the flows ---------------------------------------------------------------------------------
 
 
+def check_frames(runtime: Runtime, frames: Sequence[bytes]) -> Burst:
+    """What each frame would give (face found, quality, the reason a frame would be left out),
+    without matching or storing anything: the console's feedback before an enrolment."""
+    return embed_burst(runtime, frames)
+
+
 def find(runtime: Runtime, session: Session, frames: Sequence[bytes]) -> Outcome:
     """Who is this burst? The decision alone: nothing counted, nothing audited."""
     burst = embed_burst(runtime, frames)

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from app.api.common import frames_public, read_frames
-from app.api.deps import DoorKey, Multipart, RowId, RuntimeDep, SessionDep, attempt, audit_context
+from app.api.deps import AdminKey, DoorKey, Multipart, RowId, RuntimeDep, SessionDep, attempt, audit_context
 from app.api.errors import error_responses
-from app.api.schemas import IdentifyPublic, PersonRef, VerifyPublic
+from app.api.schemas import FramesCheckPublic, IdentifyPublic, PersonRef, VerifyPublic
 from app.core.validation import TextCheck
 from app.services import recognition
 
@@ -87,4 +87,18 @@ def verify(
         model_id=runtime.model_id,
         frames_used=outcome.burst.used,
         frames=frames_public(outcome.burst),
+    )
+
+
+@router.post(
+    "/frames/check",
+    response_model=FramesCheckPublic,
+    dependencies=[Multipart],
+    responses=error_responses(400, 401, 403, 413, 415, 422, 429),
+    summary="Check frames before enrolling: face, quality, what would be used; nothing is matched or stored",
+)
+def check_frames(runtime: RuntimeDep, _: AdminKey, frames: FramesField) -> FramesCheckPublic:
+    burst = recognition.check_frames(runtime, read_frames(frames, runtime))
+    return FramesCheckPublic(
+        usable=burst.used, enough_to_enrol=burst.used >= runtime.settings.MIN_ENROL_FRAMES, frames=frames_public(burst)
     )
