@@ -28,7 +28,7 @@ async function api(method, path, body) {
 
 function cell(row, text) { const td = document.createElement("td"); td.textContent = text ?? ""; row.appendChild(td); return td; }
 function when(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
-function fixed(x) { return x === null || x === undefined ? "" : Number(x).toFixed(3); }
+function fixed(x) { return x === null || x === undefined ? "n/a" : Number(x).toFixed(3); }
 
 // -- navigation ---------------------------------------------------------------------------------
 
@@ -254,14 +254,14 @@ function plot(d) {
 
 $("threshold-far").addEventListener("submit", async (e) => {
   e.preventDefault();
-  try { await api("PUT", "/v1/threshold", { target_far: Number($("threshold-far-select").value) }); say("Security level set."); await loadThreshold(); } catch (x) { say(x.message); }
+  try { await api("PUT", "/v1/threshold", { target_far: Number($("threshold-far-select").value) }); await loadThreshold(); say("Security level set."); } catch (x) { say(x.message); }
 });
 $("threshold-distance").addEventListener("submit", async (e) => {
   e.preventDefault();
-  try { await api("PUT", "/v1/threshold", { threshold: Number($("threshold-distance-value").value) }); say("Distance set for every burst size."); await loadThreshold(); } catch (x) { say(x.message); }
+  try { await api("PUT", "/v1/threshold", { threshold: Number($("threshold-distance-value").value) }); await loadThreshold(); say("Distance set for every burst size."); } catch (x) { say(x.message); }
 });
 $("threshold-reset").addEventListener("click", async () => {
-  try { await api("DELETE", "/v1/threshold"); say("Back to the model's thresholds."); await loadThreshold(); } catch (x) { say(x.message); }
+  try { await api("DELETE", "/v1/threshold"); await loadThreshold(); say("Back to the model's thresholds."); } catch (x) { say(x.message); }
 });
 
 // -- events -------------------------------------------------------------------------------------

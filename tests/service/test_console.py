@@ -1,6 +1,5 @@
-"""The console is served by the process itself and loads nothing from the network.
-
-(Its behaviour in a real browser, camera included, is not covered yet: see the README.)"""
+"""The console is served by the process itself and loads nothing from the network; its
+behaviour in a real browser, camera included, is in test_browser.py."""
 
 from __future__ import annotations
 
