@@ -157,6 +157,33 @@ def test_manifest_round_trip_export_read_verify(exported: Path, tmp_path: Path) 
         contract.read(copy)
 
 
+def test_refresh_rereads_evaluations_without_touching_the_model(exported: Path, tmp_path: Path) -> None:
+    """A burst evaluation of this very model (matched by sha256) lands in the manifest; one of
+    another model is listed but never trusted; the model files and id do not change."""
+    from training.bursts import evaluate_bursts
+
+    package = tmp_path / exported.name
+    shutil.copytree(exported, package)
+    before = contract.read(package)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((1, 60, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+    result = evaluate_bursts(vectors, np.repeat(np.arange(12), 5), frames=(1, 2, 5), repetitions=2, template_frames=5)
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    for directory, sha in ((mine, before.files["model.tflite"].sha256), (other, "0" * 64)):
+        directory.mkdir()
+        (directory / "bursts.json").write_text(json.dumps({**result, "model_sha256": sha, "cache_name": "synthetic"}))
+    export.main(["--refresh", str(package), "--eval", str(other), str(mine)])
+    after = contract.read(package)
+    contract.verify(package, after)
+    assert after.files == before.files and after.model_id == before.model_id
+    assert after.burst_thresholds is not None and after.burst_thresholds.histograms is not None
+    assert set(after.burst_thresholds.by_frames) == {"1", "2", "5"} and str(mine) in (after.burst_thresholds.source or "")
+    assert [b["measured_this_model"] for b in after.extra("evaluation")["bursts"]] == [False, True]
+    with pytest.raises(ValueError, match="refusing to drop"):
+        export.refresh_evaluations(package, [other])
+
+
 def test_the_shipped_manifests_fit_the_contract(repo_root: Path) -> None:
     for path in shipped_models(repo_root):
         manifest = contract.read(path.parent)

@@ -190,3 +190,25 @@ def burst_table(burst_results: list[dict[str, Any]]) -> dict[str, Any] | None:
         if "histogram_bins" in result
         else None,
     }
+
+
+def evidence_fields(evaluations: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """What the manifest derives from a model's evaluations: the evaluations themselves, the
+    thresholds by FAR (photo pairs, fused vectors, bursts) and the recommended threshold."""
+    single_image, by_far = recommended_threshold(evaluations["pairs"])
+    burst, by_n = burst_thresholds(evaluations["protocol"])
+    bursts = burst_table(evaluations["bursts"])
+    if bursts is not None:
+        five = bursts["by_frames"].get(str(bursts["template_frames"]), {}).get(str(RECOMMENDED_FAR))
+        if five is not None:
+            burst = {"threshold": five, "far": RECOMMENDED_FAR, "fused_images": bursts["template_frames"], "source": bursts["source"]}
+    # The service compares a fused burst with a fused template: its threshold must come from
+    # fused vectors. The single-image (pairs) threshold is kept for reference.
+    return {
+        "evaluation": evaluations,
+        "recommended_threshold": burst or single_image,
+        "thresholds_by_far": by_far,
+        "single_image_threshold": single_image,
+        "thresholds_by_fused_n": by_n,
+        "burst_thresholds": bursts,
+    }

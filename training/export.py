@@ -1,6 +1,7 @@
 """Package a training run as a ``model_store/<model_id>/`` entry the service can load and verify.
 
     python -m training.export --run runs/main --out model_store --eval var/eval/main var/eval/yale_b
+    python -m training.export --refresh model_store/<model_id> --eval var/eval/main ...   # re-read evaluations
 
 Writes ``model.keras`` (for further training and evaluation), ``model.tflite`` (what the
 service runs) and ``manifest.json``: file hashes, the input contract, the alignment version
@@ -28,14 +29,11 @@ import numpy as np
 from app.vision import manifest as contract
 from app.vision.manifest import FORMAT_VERSION, sha256_file
 from training.evidence import (
-    RECOMMENDED_FAR,
     _read_json,
-    burst_table,
-    burst_thresholds,
     collect_evaluations,
+    evidence_fields,
     history_summary,
     library_versions,
-    recommended_threshold,
 )
 
 SERVING_FILE = "model.tflite"
@@ -138,22 +136,7 @@ def export_run(
         packaged = [name for name in ("model.keras", SERVING_FILE, "split.json") if (staging / name).exists()]
         hashes = {name: sha256_file(staging / name) for name in packaged}
         files = {name: {"sha256": digest, "bytes": (staging / name).stat().st_size} for name, digest in hashes.items()}
-        evaluations = collect_evaluations(eval_dirs, {sha256_file(model_file), hashes[SERVING_FILE]})
-        single_image, by_far = recommended_threshold(evaluations["pairs"])
-        burst, by_n = burst_thresholds(evaluations["protocol"])
-        bursts = burst_table(evaluations["bursts"])
-        if bursts is not None:
-            five = bursts["by_frames"].get(str(bursts["template_frames"]), {}).get(str(RECOMMENDED_FAR))
-            if five is not None:
-                burst = {
-                    "threshold": five,
-                    "far": RECOMMENDED_FAR,
-                    "fused_images": bursts["template_frames"],
-                    "source": bursts["source"],
-                }
-        # The service compares a fused burst with a fused template: its threshold must come
-        # from fused vectors. The single-image (pairs) threshold is kept for reference.
-        recommended = burst or single_image
+        evidence = evidence_fields(collect_evaluations(eval_dirs, {sha256_file(model_file), hashes[SERVING_FILE]}))
         cache_summary = _read_json(Path(str(config.get("cache", ""))) / "summary.json")
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -217,12 +200,7 @@ def export_run(
                 "cache_alignment_version": cache_summary.get("alignment_version") if cache_summary else None,
                 "history": history_summary(run / "history.csv"),
             },
-            "evaluation": evaluations,
-            "recommended_threshold": recommended,
-            "thresholds_by_far": by_far,
-            "single_image_threshold": single_image,
-            "thresholds_by_fused_n": by_n,
-            "burst_thresholds": bursts,
+            **evidence,
             "tflite_max_abs_diff": diff,
             "tflite_roundtrip_inputs": crops_note,
             "library_versions": library_versions(),
@@ -243,9 +221,26 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
+def refresh_evaluations(package: Path, eval_dirs: Sequence[Path]) -> contract.Manifest:
+    """Re-read the evaluations of a shipped model (matched by the sha256 of its files or of the
+    checkpoint it was exported from) and rewrite what the manifest derives from them: the model
+    files are untouched, so the model id and every enrolled template stay valid."""
+    manifest = contract.read(package)
+    contract.verify(package, manifest)
+    raw = manifest.model_dump(mode="json")
+    hashes = {entry.sha256 for entry in manifest.files.values()}
+    checkpoint = (raw.get("training") or {}).get("checkpoint_sha256")
+    if checkpoint:
+        hashes.add(checkpoint)
+    evidence = evidence_fields(collect_evaluations(eval_dirs, hashes))
+    if evidence["burst_thresholds"] is None and raw.get("burst_thresholds"):
+        raise ValueError("none of the evaluations given measured this model's bursts: refusing to drop its thresholds")
+    return contract.write(package, {**raw, **evidence, "evaluation_refreshed": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="training run directory (runs/main)")
+    parser.add_argument("--run", type=Path, help="training run directory (runs/main)")
     parser.add_argument("--out", type=Path, default=Path("model_store"), help="model store root")
     parser.add_argument(
         "--eval", type=Path, nargs="+", action="extend", default=[], help="evaluation output dirs (protocol.json / pairs.json) to include"
@@ -253,7 +248,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--model-id", help="default: facegate-mnv2-<alpha>-<size>-<emb>-<YYYYMMDD>-<tflite sha256[:8]>")
     parser.add_argument("--checkpoint", default="best.keras", help="file in --run to export")
     parser.add_argument("--force", action="store_true", help="replace an existing model directory of the same id")
+    parser.add_argument(
+        "--refresh", type=Path, help="a shipped package: re-read its evaluations (--eval) into its manifest, files untouched"
+    )
     args = parser.parse_args(argv)
+    if args.refresh:
+        refreshed = refresh_evaluations(args.refresh, args.eval)
+        print(f"refreshed the evaluations of {refreshed.model_id}")
+        return Path(args.refresh)
+    if args.run is None:
+        parser.error("--run is required (or --refresh)")
     final = export_run(args.run, args.out, args.eval, args.model_id, args.checkpoint, args.force)
     manifest = contract.read(final)
     print(f"exported {manifest.model_id} to {final}")
