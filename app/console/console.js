@@ -5,7 +5,7 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY = "facegate.adminKey";
-const state = { page: "people", offset: 0, limit: 20, person: null, frames: [], timer: null, streams: {} };
+const state = { page: "people", offset: 0, limit: 20, person: null, frames: [], timer: null, streams: {}, modelId: "" };
 
 function say(text) { $("status").textContent = text || ""; }
 
@@ -57,7 +57,7 @@ $("signin-form").addEventListener("submit", async (event) => {
   sessionStorage.setItem(KEY, $("signin-key").value.trim());
   $("signin-key").value = "";
   try {
-    await api("GET", "/v1/threshold");  // an admin-only call: proves the key and its scope
+    state.modelId = (await api("GET", "/v1/threshold")).model_id;  // an admin-only call: proves the key and its scope
     $("nav").hidden = false;
     show("people");
   } catch (e) { signOut(e.message === "unauthorised" ? "The key was refused." : e.message); }
@@ -96,7 +96,7 @@ async function openPerson(id) {
   $("person-name").value = person.name;
   $("person-metadata").value = JSON.stringify(person.metadata, null, 2);
   $("person-facts").textContent =
-    `${person.frame_count} frames fused; template for the serving model: ${person.has_template ? "yes" : "no (re-enrol)"}; ` +
+    `${person.frame_count} frames fused; template for model ${state.modelId}: ${person.has_template ? "yes" : "none (re-enrol)"}; ` +
     `${person.search_count} door matches, last ${when(person.last_matched_at) || "never"}; enrolled ${when(person.created_at)}.`;
   try { $("person-sample").src = URL.createObjectURL(await api("GET", `/v1/persons/${id}/sample`)); } catch { $("person-sample").removeAttribute("src"); }
   $("person-name").focus();
@@ -319,7 +319,7 @@ $("keys-form").addEventListener("submit", async (e) => {
 // -- start --------------------------------------------------------------------------------------
 
 if (sessionStorage.getItem(KEY)) {
-  api("GET", "/v1/threshold").then(() => { $("nav").hidden = false; show("people"); }).catch(() => signOut("Sign in with an admin key."));
+  api("GET", "/v1/threshold").then((t) => { state.modelId = t.model_id; $("nav").hidden = false; show("people"); }).catch(() => signOut("Sign in with an admin key."));
 } else {
   signOut();
 }
