@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 
 import app.main
 from app import cli
@@ -218,6 +218,17 @@ def test_keys_create_on_a_new_database(cli_database: Path, capsys: pytest.Captur
     for moment in (alice["created_at"], alice["revoked_at"], door["created_at"], door["expires_at"]):
         assert datetime.fromisoformat(moment).utcoffset() == timedelta(0), moment
     assert "key" not in alice and "key_hash" not in alice
+
+    # The command line goes through the same service functions as the API: audited alike.
+    engine = create_engine(f"sqlite:///{cli_database}")
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT kind, key_name, reason, status_code FROM events ORDER BY id")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [
+        ("key_created", "cli", "alice:admin", None),
+        ("key_created", "cli", "door:door", None),
+        ("key_revoked", "cli", "alice", None),
+    ]
 
 
 @pytest.mark.parametrize(
