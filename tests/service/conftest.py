@@ -103,7 +103,7 @@ def wipe(rt: Runtime) -> None:
     with rt.engine.begin() as conn:
         for table in TABLES:
             conn.execute(text(f"DELETE FROM {table}"))
-        conn.execute(text("UPDATE store_state SET generation = 0, threshold = NULL WHERE id = 1"))
+        conn.execute(text("UPDATE store_state SET generation = 0, threshold = NULL, threshold_far = NULL WHERE id = 1"))
     rt.index = TemplateIndex(rt.model_id, rt.package.embedding_size)
 
 

@@ -42,6 +42,7 @@ def _request(method: str, path: str, person_id: int, key_id: int) -> dict[str, A
         ("POST", "/v1/persons/{person_id}/verify"): multipart(frames),
         ("POST", "/v1/persons"): multipart(frames, name="Auth"),
         ("POST", "/v1/persons/{person_id}/frames"): multipart(frames),
+        ("POST", "/v1/frames/check"): multipart(frames),
         ("POST", "/v1/deletion-requests"): multipart(frames),
         ("PATCH", "/v1/persons/{person_id}"): {"json": {"name": "Renamed"}},
         ("POST", "/v1/deletion-requests/confirm"): {"json": {"token": "not-a-token"}},

@@ -94,7 +94,7 @@ def verify(
     "/frames/check",
     response_model=FramesCheckPublic,
     dependencies=[Multipart],
-    responses=error_responses(400, 401, 403, 413, 415, 422, 429),
+    responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503),
     summary="Check frames before enrolling: face, quality, what would be used; nothing is matched or stored",
 )
 def check_frames(runtime: RuntimeDep, _: AdminKey, frames: FramesField) -> FramesCheckPublic:
