@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key; it is printed once")
     create.add_argument("--name", required=True)
-    create.add_argument("--scope", choices=["door", "admin"], required=True)
+    create.add_argument("--scope", choices=["door", "analysis", "door+analysis", "admin"], required=True)
     create.add_argument("--expires-in-days", type=int, default=None)
     keys.add_parser("list", help="list keys (never the keys themselves)")
     revoke = keys.add_parser("revoke", help="revoke a key by id")

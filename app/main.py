@@ -23,7 +23,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import ApiError
-from app.api.routes import deletion, events, health, keys, persons, recognition, threshold
+from app.api.routes import analyze, deletion, events, health, keys, persons, recognition, threshold
 from app.core.config import Settings, get_settings
 from app.core.errors import DomainError
 from app.core.logging import configure_logging, request_id_var
@@ -289,7 +289,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             # background task says it is waiting every few seconds until the database answers.
             log.error("database unreachable at start-up (%s); serving, and waiting for it", exc.__class__.__name__)
             tasks.append(asyncio.create_task(_wait_for_database(rt)))
-        log.info("ready", extra={"fields": {"model_id": rt.model_id, "templates": len(rt.index)}})
+        for task, why in rt.attributes.unavailable.items():
+            log.info("attribute model unavailable", extra={"fields": {"task": task, "why": why}})
+        log.info("ready", extra={"fields": {"model_id": rt.model_id, "templates": len(rt.index), "attributes": rt.attributes.model_ids()}})
         try:
             yield
         finally:
@@ -309,6 +311,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             {"name": "recognition", "description": "door controllers: identify and verify"},
             {"name": "persons", "description": "enrolment and people"},
             {"name": "deletion", "description": "confirm-by-face deletion"},
+            {"name": "analysis", "description": "face attributes (expression; opt-in gender and age): never part of a decision"},
             {"name": "threshold", "description": "the recognition threshold"},
             {"name": "keys", "description": "API keys"},
             {"name": "audit", "description": "the audit log"},
@@ -348,7 +351,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         request_id_var.reset(token)
         return response
 
-    for module in (recognition, persons, deletion, threshold, health, keys, events):
+    for module in (recognition, analyze, persons, deletion, threshold, health, keys, events):
         app.include_router(module.router)
     # The operators' console: static files over the same API (no build step, no CDN).
     app.mount("/console", StaticFiles(directory=CONSOLE_DIR, html=True), name="console")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import UploadFile
 
 from app.api.errors import ApiError
-from app.api.schemas import FramePublic, PersonPublic
+from app.api.schemas import FrameAttributes, FramePublic, PersonPublic
 from app.services.runtime import Runtime
 from app.store import crud
 from app.store.models import Person
@@ -27,7 +29,8 @@ def read_frames(frames: list[UploadFile] | None, runtime: Runtime) -> list[bytes
     return out
 
 
-def frames_public(burst: Burst) -> list[FramePublic]:
+def frames_public(burst: Burst, attributes: dict[int, dict[str, Any]] | None = None) -> list[FramePublic]:
+    attributes = attributes or {}
     return [
         FramePublic(
             index=r.index,
@@ -35,6 +38,7 @@ def frames_public(burst: Burst) -> list[FramePublic]:
             reason=r.reason,
             faces=r.faces,
             face_box=[round(v, 1) for v in r.face_box] if r.face_box else None,
+            attributes=FrameAttributes.model_validate(attributes[r.index]) if r.index in attributes else None,
         )
         for r in burst.reports
     ]

@@ -47,7 +47,7 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
-def _authenticate(request: Request, runtime: Runtime, key: str | None, needed: Literal["door", "admin"]) -> Actor:
+def _authenticate(request: Request, runtime: Runtime, key: str | None, needed: Literal["door", "analysis", "admin"]) -> Actor:
     if not runtime.settings.AUTH_ENABLED:
         actor = Actor(name="anonymous", scope="admin")
     else:
@@ -60,7 +60,7 @@ def _authenticate(request: Request, runtime: Runtime, key: str | None, needed: L
                 raise
     actor = replace(actor, request_id=request_id_var.get(), started=getattr(request.state, "started", None))
     request.state.principal = actor
-    limit = parse(runtime.settings.RATE_LIMIT_DOOR if needed == "door" else runtime.settings.RATE_LIMIT_ADMIN)
+    limit = parse(runtime.settings.RATE_LIMIT_ADMIN if needed == "admin" else runtime.settings.RATE_LIMIT_DOOR)
     bucket = f"{actor.key_id or actor.name}:{needed}"
     if not _limiter.hit(limit, bucket):
         reset = _limiter.get_window_stats(limit, bucket).reset_time
@@ -77,7 +77,12 @@ def admin_key(request: Request, runtime: RuntimeDep, key: Annotated[str | None, 
     return _authenticate(request, runtime, key, "admin")
 
 
+def analysis_key(request: Request, runtime: RuntimeDep, key: Annotated[str | None, Security(api_key_header)]) -> Actor:
+    return _authenticate(request, runtime, key, "analysis")
+
+
 DoorKey = Annotated[Actor, Depends(door_key)]
+AnalysisKey = Annotated[Actor, Depends(analysis_key)]
 AdminKey = Annotated[Actor, Depends(admin_key)]
 
 

@@ -18,6 +18,7 @@ from app.core.errors import (
     NotFound,
     TooLarge,
     Unauthenticated,
+    Unavailable,
     UnsupportedMedia,
 )
 
@@ -29,6 +30,7 @@ STATUS_OF: dict[type[DomainError], int] = {
     Conflict: 409,
     Unauthenticated: 401,
     Forbidden: 403,
+    Unavailable: 503,
 }
 
 

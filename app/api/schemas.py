@@ -22,6 +22,25 @@ def _utc(moment: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
+class ExpressionPublic(BaseModel):
+    top: Literal["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    probabilities: dict[str, float] = Field(description="the seven FER2013 classes; they sum to 1")
+
+
+class GenderPublic(BaseModel):
+    female_probability: float = Field(ge=0, le=1, description="the model's probability that the face is a woman's (binary labels of UTKFace)")
+
+
+class AgePublic(BaseModel):
+    years: float = Field(description="estimated age; mean absolute error on held-out faces is in the README, by age band")
+
+
+class FrameAttributes(BaseModel):
+    expression: ExpressionPublic | None = None
+    gender: GenderPublic | None = None
+    age: AgePublic | None = None
+
+
 class FramePublic(BaseModel):
     index: int = Field(description="position of the frame in the upload, from 0")
     used: bool = Field(description="whether the frame went into the fused vector")
@@ -33,6 +52,9 @@ class FramePublic(BaseModel):
     face_box: list[float] | None = Field(
         default=None, description="the face used (or judged): its landmark box [x0, y0, x1, y1] in frame pixels"
     )
+    attributes: FrameAttributes | None = Field(
+        default=None, description="face attributes of a usable frame, when asked for (`attributes=expression`); never part of the decision"
+    )
 
 
 class PersonRef(BaseModel):
@@ -43,6 +65,36 @@ class PersonRef(BaseModel):
 class FramesCheckPublic(BaseModel):
     usable: int = Field(description="frames that would be used")
     enough_to_enrol: bool = Field(description="at least MIN_ENROL_FRAMES usable frames")
+    frames: list[FramePublic]
+
+
+class AnalyzePublic(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "models": {"expression": "facegate-expression-mnv2-64-..."},
+                    "unavailable": {"gender_age": "switched off by configuration"},
+                    "frames_with_face": 1,
+                    "frames_analysed": 1,
+                    "frames": [
+                        {
+                            "index": 0,
+                            "used": True,
+                            "reason": None,
+                            "faces": 1,
+                            "attributes": {"expression": {"top": "happy", "probabilities": {"happy": 0.91, "neutral": 0.05}}},
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    models: dict[str, str] = Field(description="the attribute model used for each task")
+    unavailable: dict[str, str] = Field(description="tasks this server does not serve, and why")
+    frames_with_face: int = Field(description="frames in which Face Mesh found at least one face")
+    frames_analysed: int = Field(description="frames whose face passed the quality checks and was analysed")
     frames: list[FramePublic]
 
 
@@ -218,7 +270,9 @@ class KeyCreate(BaseModel):
     )
 
     name: Name
-    scope: Literal["door", "admin"]
+    scope: Literal["door", "analysis", "door+analysis", "admin"] = Field(
+        description="door: identify and verify; analysis: face attributes (POST /v1/analyze); door+analysis: both; admin: everything"
+    )
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
 
 
@@ -258,6 +312,7 @@ class EventPublic(BaseModel):
     model_id: str | None
     frames_used: int | None
     frames_rejected: dict[str, Any] | None
+    attributes: list[Any] | None = Field(default=None, description="per-frame face attributes, recorded only when AUDIT_ATTRIBUTES is on")
     latency_ms: float | None
     status_code: int | None
 

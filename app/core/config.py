@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     MODEL_ID: str | None = Field(default=None, description="which package in MODEL_STORE; default: the newest one")
     EMBED_THREADS: int = Field(default=2, ge=1, le=64, description="LiteRT threads per embedding call")
 
+    # Face attributes (never part of a door decision)
+    EXPRESSION_ENABLED: bool = Field(default=True, description="serve expression (POST /v1/analyze; `attributes=expression` on identify)")
+    GENDER_AGE_ENABLED: bool = Field(
+        default=False, description="serve gender and age estimates: sensitive, off unless turned on (see the README's per-group errors)"
+    )
+    EXPRESSION_MODEL_ID: str | None = Field(default=None, description="which expression package in MODEL_STORE; default: the newest")
+    GENDER_AGE_MODEL_ID: str | None = Field(default=None, description="which gender and age package in MODEL_STORE; default: the newest")
+    AUDIT_ATTRIBUTES: bool = Field(
+        default=False, description="record the attributes computed for a request in its audit event; otherwise none are stored"
+    )
+
     # Bursts and uploads
     MAX_FRAMES: int = Field(default=16, ge=1, description="frames per request (413 `too_many_frames` above)")
     MAX_FRAME_BYTES: int = Field(default=8 * 1024 * 1024, ge=1, description="bytes per frame (413 `frame_too_large`)")

@@ -45,3 +45,7 @@ class Unauthenticated(DomainError):
 
 class Forbidden(DomainError):
     """A valid key without the scope the operation needs."""
+
+
+class Unavailable(DomainError):
+    """A part of the service that is not running here (an attribute model that is not installed)."""

@@ -20,7 +20,7 @@ class Actor:
     """The caller: an API key (over HTTP) or an operator at the command line."""
 
     name: str
-    scope: Literal["door", "admin"]
+    scope: Literal["door", "analysis", "door+analysis", "admin"]
     key_id: int | None = None
     via: Literal["http", "cli"] = "http"
     request_id: str | None = None
@@ -29,6 +29,20 @@ class Actor:
     @property
     def is_admin(self) -> bool:
         return self.scope == "admin"
+
+    def may(self, need: Literal["door", "analysis", "admin"]) -> bool:
+        return need in GRANTS[self.scope]
+
+
+# What each key scope may call: door keys open doors, analysis keys read face attributes
+# (a door key is granted analysis as ``door+analysis``), admin keys everything.
+GRANTS: dict[str, frozenset[str]] = {
+    "door": frozenset({"door"}),
+    "analysis": frozenset({"analysis"}),
+    "door+analysis": frozenset({"door", "analysis"}),
+    "admin": frozenset({"door", "analysis", "admin"}),
+}
+KeyScope = Literal["door", "analysis", "door+analysis", "admin"]
 
 
 CLI = Actor(name="cli", scope="admin", via="cli")

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Forbidden, Unauthenticated
 from app.core.validation import control_character
-from app.services.audit import Actor
+from app.services.audit import GRANTS, Actor
 from app.store import crud
 
 # A key's last use is written at most this often: a write per identify would cost more than the scan.
@@ -32,7 +32,7 @@ class ScopeRefused(Forbidden):
         self.key_name = key_name
 
 
-def authenticate(session: Session, key: str | None, *, needed: Literal["door", "admin"]) -> Actor:
+def authenticate(session: Session, key: str | None, *, needed: Literal["door", "analysis", "admin"]) -> Actor:
     """The key's actor, or :class:`KeyRefused` (401) / :class:`ScopeRefused` (403). Commits its touch."""
     if not key:
         raise KeyRefused("missing_api_key", "send an API key in the X-API-Key header", None)
@@ -50,8 +50,11 @@ def authenticate(session: Session, key: str | None, *, needed: Literal["door", "
     if last is None or (now - last).total_seconds() > TOUCH_EVERY_S:
         row.last_used_at = now
         session.commit()
-    scope: Literal["door", "admin"] = "admin" if row.scope == "admin" else "door"
-    actor = Actor(name=row.name, scope=scope, key_id=row.id)
-    if needed == "admin" and not actor.is_admin:
-        raise ScopeRefused("insufficient_scope", f"this endpoint needs an admin key; {row.name!r} is a {row.scope} key", row.name)
+    if row.scope not in GRANTS:
+        raise ScopeRefused("insufficient_scope", f"{row.name!r} has an unknown scope {row.scope!r}", row.name)
+    actor = Actor(name=row.name, scope=row.scope, key_id=row.id)  # type: ignore[arg-type]
+    if not actor.may(needed):
+        raise ScopeRefused(
+            "insufficient_scope", f"this endpoint needs a key with the {needed} scope; {row.name!r} is a {row.scope} key", row.name
+        )
     return actor

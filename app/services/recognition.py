@@ -7,7 +7,7 @@ The threshold is resolved once per request (:func:`threshold_in_force`) and trav
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from app.core.metrics import DECISIONS, STAGE_SECONDS, TEMPLATES
 from app.matching.decision import Decision, Match, decide, no_usable_frames, within
 from app.matching.fusion import distance, fuse
 from app.matching.threshold import Threshold
-from app.services import audit
+from app.services import analysis, audit
 from app.services.audit import Actor
 from app.services.runtime import Runtime
 from app.store import crud
@@ -31,6 +31,7 @@ class Outcome:
     decision: Decision
     burst: Burst
     person: Person | None = None  # the granted (or verified) person
+    attributes: dict[int, dict[str, Any]] = field(default_factory=dict)  # frame index -> face attributes, when asked for
 
 
 # -- the steps ---------------------------------------------------------------------------------
@@ -143,13 +144,35 @@ def find(runtime: Runtime, session: Session, frames: Sequence[bytes]) -> Outcome
     return Outcome(decision, burst, person)
 
 
-def identify(runtime: Runtime, session: Session, frames: Sequence[bytes], *, actor: Actor, door_id: str | None) -> Outcome:
-    """A door asks: grant or deny. A grant counts as the person's match; every answer is audited."""
+def identify(
+    runtime: Runtime,
+    session: Session,
+    frames: Sequence[bytes],
+    *,
+    actor: Actor,
+    door_id: str | None,
+    attributes: tuple[str, ...] = (),
+) -> Outcome:
+    """A door asks: grant or deny. A grant counts as the person's match; every answer is audited.
+
+    ``attributes`` (e.g. ``("expression",)``) are computed after the decision, from the same
+    crops, and never change it."""
     outcome = find(runtime, session, frames)
     decision = outcome.decision
     if decision.person_id is not None and not crud.record_match(session, person_id=decision.person_id):
         outcome = Outcome(Decision(False, "no_match", decision.threshold), outcome.burst)
-    _audit_decision(session, actor, "identify", runtime, outcome, door_id=door_id, person_id=outcome.decision.person_id)
+    if attributes:
+        outcome = replace(outcome, attributes=analysis.attributes_of(runtime, outcome.burst, attributes))
+    _audit_decision(
+        session,
+        actor,
+        "identify",
+        runtime,
+        outcome,
+        door_id=door_id,
+        person_id=outcome.decision.person_id,
+        **analysis.audit_fields(runtime, outcome.attributes),
+    )
     return outcome
 
 

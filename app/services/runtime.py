@@ -12,6 +12,7 @@ from app.core.config import Settings
 from app.matching.index import TemplateIndex
 from app.matching.threshold import ThresholdTable, ThresholdTableError
 from app.store.db import make_engine, make_session_factory
+from app.vision.attributes import AttributeModels
 from app.vision.embedder import Embedder, ModelPackage, ModelPackageError, find_package
 from app.vision.pipeline import AlignerPool, BurstLimits
 from app.vision.quality import QualityLimits
@@ -37,6 +38,13 @@ class Runtime:
         self.package = ModelPackage.open(find_package(settings.MODEL_STORE, settings.MODEL_ID))
         self.thresholds = threshold_table(self.package, settings)
         self.embedder = Embedder(self.package, num_threads=settings.EMBED_THREADS)
+        # Attribute models are optional: one that is missing or broken is reported unavailable, never a start-up error.
+        self.attributes = AttributeModels.load(
+            settings.MODEL_STORE,
+            enabled={"expression": settings.EXPRESSION_ENABLED, "gender_age": settings.GENDER_AGE_ENABLED},
+            model_ids={"expression": settings.EXPRESSION_MODEL_ID, "gender_age": settings.GENDER_AGE_MODEL_ID},
+            num_threads=settings.EMBED_THREADS,
+        )
         self.aligners = AlignerPool(settings.ALIGNER_POOL, self.package.input_size, settings.DOMINANT_FACE_RATIO)
         self.engine: Engine = make_engine(settings)
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)

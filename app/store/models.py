@@ -143,5 +143,7 @@ class Event(Base):
     model_id: Mapped[str | None] = mapped_column(String(120), nullable=True)
     frames_used: Mapped[int | None] = mapped_column(Integer, nullable=True)
     frames_rejected: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Face attributes per frame: written only when AUDIT_ATTRIBUTES is on.
+    attributes: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)

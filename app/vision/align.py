@@ -163,12 +163,14 @@ def template_for(size: int) -> np.ndarray:
     return TEMPLATE_112 * (size / 112.0)
 
 
-def align_landmarks(image_rgb: np.ndarray, landmarks: np.ndarray, size: int = DEFAULT_CROP_SIZE) -> AlignedFace:
-    """Warp one face onto the five-point template given its (468, 2) landmarks in source pixels."""
-    points = five_points(landmarks)
+def warp_to_template(image_rgb: np.ndarray, points: np.ndarray, size: int = DEFAULT_CROP_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(crop, 2x3 matrix): the image warped so that its five ``points`` land on the template.
+
+    The one warp of the project: :func:`align_landmarks` uses it with Face Mesh's points, and
+    dataset preparation with a dataset's typical points for the few photos Face Mesh misses.
+    """
     matrix = similarity_transform(points, template_for(size))
     scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
-    roll = float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0])))
     crop = cv2.warpAffine(
         image_rgb,
         matrix,
@@ -177,6 +179,15 @@ def align_landmarks(image_rgb: np.ndarray, landmarks: np.ndarray, size: int = DE
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=(0, 0, 0),
     )
+    return crop, matrix
+
+
+def align_landmarks(image_rgb: np.ndarray, landmarks: np.ndarray, size: int = DEFAULT_CROP_SIZE) -> AlignedFace:
+    """Warp one face onto the five-point template given its (468, 2) landmarks in source pixels."""
+    points = five_points(landmarks)
+    crop, matrix = warp_to_template(image_rgb, points, size)
+    scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+    roll = float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0])))
     projected = landmarks @ matrix[:, :2].T + matrix[:, 2]
     hull = cv2.convexHull(np.round(projected).astype(np.int32))
     mask = np.zeros((size, size), dtype=np.uint8)

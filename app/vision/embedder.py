@@ -36,10 +36,11 @@ def find_package(store: Path, model_id: str | None = None) -> Path:
     return store / newest
 
 
-def list_packages(store: Path) -> list[str]:
+def list_packages(store: Path, kind: str = "embedder") -> list[str]:
+    """The packages of ``kind`` in ``store`` (embedders by default; attribute packages sit beside them)."""
     if not Path(store).is_dir():
         return []
-    return sorted(p.name for p in Path(store).iterdir() if (p / contract.MANIFEST).exists())
+    return sorted(p.name for p in Path(store).iterdir() if (p / contract.MANIFEST).exists() and contract.kind_of(p) == kind)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The model package contract, in one module: what ``manifest.json`` holds, and how it is
 written (``training.export``), read and verified (the service, the benchmarks, the tests).
 
-A package is a directory: ``manifest.json`` and the files it lists with their sha256. The
-fields the service relies on are typed here; the training and evaluation records
+A package is a directory: ``manifest.json`` and the files it lists with their sha256. Two kinds
+share the contract (``kind``): the ``embedder`` (the default, for manifests written before
+attributes existed) and ``attributes`` (expression; gender and age), which take the same aligned
+crop. The fields the service relies on are typed here; the training and evaluation records
 (``architecture``, ``training``, ``evaluation``, ...) are kept as written, for people to read.
 """
 
@@ -11,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 FORMAT_VERSION = 1
+M = TypeVar("M", bound="Manifest | AttributeManifest")
 MANIFEST = "manifest.json"
 
 
@@ -59,7 +62,13 @@ class BurstThresholds(BaseModel):
     histograms: dict[str, Any] | None = Field(default=None, description="bins and genuine/impostor counts by frames fused")
 
 
-class Manifest(BaseModel):
+PackageKind = Literal["embedder", "attributes"]
+AttributeTask = Literal["expression", "gender_age"]
+
+
+class PackageManifest(BaseModel):
+    """What every package has: its files and checksums, the served file and the crop it takes."""
+
     model_config = ConfigDict(extra="allow")
 
     format_version: Literal[1]
@@ -70,12 +79,9 @@ class Manifest(BaseModel):
     input: InputSpec
     preprocessing: str | None = None
     alignment_version: str
-    embedding_size: int = Field(gt=0)
-    distance: str | None = None
-    burst_thresholds: BurstThresholds | None = None
 
     @model_validator(mode="after")
-    def _serving_file_is_checked(self) -> Manifest:
+    def _serving_file_is_checked(self) -> PackageManifest:
         if self.serving_file not in self.files:
             raise ValueError(f"serving file {self.serving_file} is not covered by the manifest checksums")
         return self
@@ -85,8 +91,45 @@ class Manifest(BaseModel):
         return (self.model_extra or {}).get(name)
 
 
+class Manifest(PackageManifest):
+    """The embedder's package: unit vectors of ``embedding_size`` and its thresholds by frames fused."""
+
+    kind: Literal["embedder"] = "embedder"
+    embedding_size: int = Field(gt=0)
+    distance: str | None = None
+    burst_thresholds: BurstThresholds | None = None
+
+
+class AttributeManifest(PackageManifest):
+    """An attribute package: the served file's output vector, one named column per entry of ``outputs``
+    (the expression probabilities in label order; ``female_probability`` and ``age_years``)."""
+
+    kind: Literal["attributes"]
+    task: AttributeTask
+    outputs: list[str] = Field(min_length=1)
+
+
+def kind_of(package: Path) -> str:
+    """The package's kind as its manifest states it (``embedder`` when unstated), without validating it."""
+    try:
+        raw = json.loads((Path(package) / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return "embedder"
+    kind = raw.get("kind", "embedder") if isinstance(raw, dict) else "embedder"
+    return kind if isinstance(kind, str) else "embedder"
+
+
 def read(package: Path) -> Manifest:
-    """The package's manifest, validated; refuses an unknown ``format_version`` by name."""
+    """The embedder package's manifest, validated; refuses an unknown ``format_version`` by name."""
+    return _read(package, Manifest)
+
+
+def read_attributes(package: Path) -> AttributeManifest:
+    """An attribute package's manifest, validated."""
+    return _read(package, AttributeManifest)
+
+
+def _read(package: Path, schema: type[M]) -> M:
     path = Path(package) / MANIFEST
     try:
         raw = json.loads(path.read_text())
@@ -101,16 +144,23 @@ def read(package: Path) -> Manifest:
             f"{path} has format_version {raw.get('format_version')!r}; this code reads version {FORMAT_VERSION}: "
             "use the facegate release that exported it, or re-export the model"
         )
+    wanted = "embedder" if schema is Manifest else "attributes"
+    if raw.get("kind", "embedder") != wanted:
+        raise ManifestError(f"{path} is a {raw.get('kind', 'embedder')!r} package, not an {wanted!r} one")
     try:
-        return Manifest.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise ManifestError(f"{path} does not fit the package contract ({problems}): re-export the model") from exc
 
 
-def write(package: Path, manifest: Manifest | dict[str, Any]) -> Manifest:
+def write(package: Path, manifest: M | dict[str, Any]) -> PackageManifest:
     """Validate and write ``manifest.json`` (the files it lists must already be in place)."""
-    checked = manifest if isinstance(manifest, Manifest) else Manifest.model_validate(manifest)
+    if isinstance(manifest, PackageManifest):
+        checked: PackageManifest = manifest
+    else:
+        schema: type[PackageManifest] = AttributeManifest if manifest.get("kind") == "attributes" else Manifest
+        checked = schema.model_validate(manifest)
     (Path(package) / MANIFEST).write_text(json.dumps(checked.model_dump(mode="json", exclude_none=False), indent=2) + "\n")
     return checked
 
@@ -119,7 +169,7 @@ def file_entry(path: Path) -> FileEntry:
     return FileEntry(sha256=sha256_file(path), bytes=Path(path).stat().st_size)
 
 
-def verify(package: Path, manifest: Manifest) -> None:
+def verify(package: Path, manifest: PackageManifest) -> None:
     """Every listed file is there with its sha256, before anything runs."""
     for name, entry in manifest.files.items():
         file = Path(package) / name

@@ -33,13 +33,18 @@ class Burst:
     """What a burst yielded: the usable frames' embeddings and a report for every frame."""
 
     reports: list[FrameReport]
-    embeddings: np.ndarray  # (used, d)
+    embeddings: np.ndarray  # (used, d); (0, 0) when the burst was not embedded
     sample_crop: np.ndarray | None  # the sharpest usable aligned crop
     timings: dict[str, float] = field(default_factory=dict)
+    crops: np.ndarray | None = None  # (used, size, size, 3): the usable frames' aligned crops, in frame order
+
+    @property
+    def used_indices(self) -> list[int]:
+        return [r.index for r in self.reports if r.used]
 
     @property
     def used(self) -> int:
-        return int(self.embeddings.shape[0])
+        return sum(1 for r in self.reports if r.used)
 
     def rejected(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -107,10 +112,11 @@ def _align_frame(index: int, image: np.ndarray, aligners: AlignerPool, limits: B
     return report, result.face.crop if reason is None else None
 
 
-def process_burst(frames: Sequence[bytes], aligners: AlignerPool, embedder: Embedder, limits: BurstLimits) -> Burst:
+def process_burst(frames: Sequence[bytes], aligners: AlignerPool, embedder: Embedder | None, limits: BurstLimits) -> Burst:
     """Every frame is decoded first, so one undecodable frame rejects the burst before any work.
 
     With several bad frames the error names the first one, as a sequential decode would.
+    Without an ``embedder`` (face analysis) the usable crops are returned unembedded.
     """
     timings = {"decode": 0.0, "align": 0.0, "embed": 0.0}
     pool = aligners.workers
@@ -125,14 +131,18 @@ def process_burst(frames: Sequence[bytes], aligners: AlignerPool, embedder: Embe
     used = [(report, crop) for report, crop in aligned if crop is not None]
     crops = [crop for _, crop in used]
 
-    t0 = time.perf_counter()
-    embeddings = embedder.embed(np.stack(crops)) if crops else np.zeros((0, embedder.package.embedding_size), np.float32)
-    timings["embed"] = time.perf_counter() - t0
+    stacked = np.stack(crops) if crops else None
+    if embedder is None:
+        embeddings = np.zeros((0, 0), np.float32)
+    else:
+        t0 = time.perf_counter()
+        embeddings = embedder.embed(stacked) if stacked is not None else np.zeros((0, embedder.package.embedding_size), np.float32)
+        timings["embed"] = time.perf_counter() - t0
     sample = None
     if used:
         sharpest = max(used, key=lambda pair: pair[0].quality.sharpness if pair[0].quality else 0.0)
         sample = sharpest[1]
-    return Burst(reports=reports, embeddings=embeddings, sample_crop=sample, timings=timings)
+    return Burst(reports=reports, embeddings=embeddings, sample_crop=sample, timings=timings, crops=stacked)
 
 
 def crop_to_jpeg(crop: np.ndarray, quality: int = 90) -> bytes:

@@ -23,6 +23,7 @@ from tests.service.inputs import grey_jpeg, seed_person
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 PUBLIC_DOCS = ["/docs", "/redoc", "/openapi.json"]
 DOOR = {("POST", "/v1/identify"), ("POST", "/v1/persons/{person_id}/verify")}
+ANALYSIS = {("POST", "/v1/analyze")}
 
 
 def operations() -> list[tuple[str, str]]:
@@ -43,6 +44,7 @@ def _request(method: str, path: str, person_id: int, key_id: int) -> dict[str, A
         ("POST", "/v1/persons"): multipart(frames, name="Auth"),
         ("POST", "/v1/persons/{person_id}/frames"): multipart(frames),
         ("POST", "/v1/frames/check"): multipart(frames),
+        ("POST", "/v1/analyze"): multipart(frames),
         ("POST", "/v1/deletion-requests"): multipart(frames),
         ("PATCH", "/v1/persons/{person_id}"): {"json": {"name": "Renamed"}},
         ("POST", "/v1/deletion-requests/confirm"): {"json": {"token": "not-a-token"}},
@@ -65,6 +67,8 @@ def credentials(clean_runtime: Runtime) -> dict[str, str]:
         "revoked": revoked,
         "expired": expired,
         "door": make_key(rt, "door"),
+        "analysis": make_key(rt, "analysis"),
+        "door+analysis": make_key(rt, "door+analysis"),
         "admin": make_key(rt, "admin"),
     }
 
@@ -73,6 +77,7 @@ def test_the_matrix_knows_every_operation() -> None:
     ops = set(operations())
     assert ops >= PUBLIC
     assert ops >= DOOR
+    assert ops >= ANALYSIS
     assert len(SECURED) >= 15
 
 
@@ -111,6 +116,14 @@ def test_every_credential_on_every_endpoint(
     else:
         assert door.status_code == 403, door.text
         assert door.json()["code"] == "insufficient_scope"
+
+    # Analysis keys read face attributes and open no door; a door key granted analysis does both.
+    for scope, allowed in (("analysis", ANALYSIS), ("door+analysis", DOOR | ANALYSIS)):
+        answer = call(credentials[scope])
+        if (method, path) in allowed:
+            assert answer.status_code not in (401, 403) and answer.status_code < 500, (scope, answer.text)
+        else:
+            assert answer.status_code == 403 and answer.json()["code"] == "insufficient_scope", (scope, answer.text)
 
     admin = call(credentials["admin"])
     assert admin.status_code not in (401, 403), admin.text

@@ -21,7 +21,13 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}}, summary="Database reachable, model loaded and verified")
 def readyz(runtime: RuntimeDep) -> Response:
-    checks: dict[str, object] = {"model": runtime.model_id, "model_verified": True, "templates": len(runtime.index)}
+    checks: dict[str, object] = {
+        "model": runtime.model_id,
+        "model_verified": True,
+        "templates": len(runtime.index),
+        # Optional features: reported, never a reason to be unready.
+        "attributes": {**runtime.attributes.model_ids(), **{t: f"unavailable: {why}" for t, why in runtime.attributes.unavailable.items()}},
+    }
     try:
         ping(runtime.engine)
         checks["database"] = "ok"

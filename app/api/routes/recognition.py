@@ -11,11 +11,21 @@ from app.api.deps import AdminKey, DoorKey, Multipart, RowId, RuntimeDep, Sessio
 from app.api.errors import error_responses
 from app.api.schemas import FramesCheckPublic, IdentifyPublic, PersonRef, VerifyPublic
 from app.core.validation import TextCheck
-from app.services import recognition
+from app.core.errors import Forbidden
+from app.services import analysis, recognition
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
 
 FramesField = Annotated[list[UploadFile], File(description="1..MAX_FRAMES JPEG or PNG frames of one person")]
+AttributesField = Annotated[
+    str | None,
+    Form(
+        max_length=100,
+        description="face attributes to add to each usable frame, comma-separated (`expression`, `gender_age`); "
+        "off by default, never part of the decision, and only for keys with the analysis scope",
+    ),
+    TextCheck,
+]
 DoorField = Annotated[str | None, Form(max_length=200, description="which door is asking (recorded in the audit log)"), TextCheck]
 
 
@@ -27,7 +37,13 @@ DoorField = Annotated[str | None, Form(max_length=200, description="which door i
     summary="Identify a burst of frames: grant or deny",
 )
 def identify(
-    request: Request, runtime: RuntimeDep, session: SessionDep, principal: DoorKey, frames: FramesField, door_id: DoorField = None
+    request: Request,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: DoorKey,
+    frames: FramesField,
+    door_id: DoorField = None,
+    attributes: AttributesField = None,
 ) -> IdentifyPublic:
     """Decode, check, align, embed and fuse the frames, scan every template, decide.
 
@@ -37,7 +53,13 @@ def identify(
     `curl -H "X-API-Key: $KEY" -F frames=@a.jpg -F frames=@b.jpg -F door_id=front http://localhost:8000/v1/identify`
     """
     audit_context(request, "identify", door_id=door_id)
-    outcome = recognition.identify(runtime, session, read_frames(frames, runtime), actor=principal, door_id=door_id)
+    tasks: tuple[str, ...] = ()
+    if attributes is not None and attributes.strip():
+        if not principal.may("analysis"):
+            raise Forbidden("insufficient_scope", f"attributes need a key with the analysis scope; {principal.name!r} is a {principal.scope} key")
+        tasks = analysis.resolve_tasks(runtime, attributes)
+    frames_in = read_frames(frames, runtime)
+    outcome = recognition.identify(runtime, session, frames_in, actor=principal, door_id=door_id, attributes=tasks)
     decision, person = outcome.decision, outcome.person
     # A denied door gets no distance or margin: numbers that would let a stranger hill-climb
     # towards someone's template. Admins (and the audit log) still see them.
@@ -51,7 +73,7 @@ def identify(
         margin=round(decision.margin, 6) if decision.margin is not None and reveal else None,
         model_id=runtime.model_id,
         frames_used=outcome.burst.used,
-        frames=frames_public(outcome.burst),
+        frames=frames_public(outcome.burst, outcome.attributes),
         door_id=door_id,
     )
 
