@@ -289,8 +289,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             # background task says it is waiting every few seconds until the database answers.
             log.error("database unreachable at start-up (%s); serving, and waiting for it", exc.__class__.__name__)
             tasks.append(asyncio.create_task(_wait_for_database(rt)))
-        for task, why in rt.attributes.unavailable.items():
-            log.info("attribute model unavailable", extra={"fields": {"task": task, "why": why}})
+        for attribute, why in rt.attributes.unavailable.items():
+            log.info("attribute model unavailable", extra={"fields": {"task": attribute, "why": why}})
         log.info("ready", extra={"fields": {"model_id": rt.model_id, "templates": len(rt.index), "attributes": rt.attributes.model_ids()}})
         try:
             yield

@@ -30,6 +30,11 @@ curl -sf -H "X-API-Key: $DOOR" -F door_id=front -F frames=@"${P[5]}" -F frames=@
 # 1:1 verification against one person
 curl -sf -H "X-API-Key: $DOOR" -F frames=@"${P[5]}" -F frames=@"${P[6]}" $API/v1/persons/$ID/verify
 
+# face attributes (an analysis or admin key; a door key needs the door+analysis scope): per frame,
+# expression probabilities and top class; gender and age only with GENDER_AGE_ENABLED=true.
+# Nothing is matched or stored. The same on identify with -F attributes=expression.
+curl -sf -H "$H" -F frames=@"${P[5]}" $API/v1/analyze
+
 # people: list (substring filter), one, rename and re-tag (metadata replaced whole, never
 # merged), add frames (template re-fused from all frames), the sample aligned face
 curl -sf -H "$H" "$API/v1/persons?offset=0&limit=50&name=ada"

@@ -28,7 +28,9 @@ class ExpressionPublic(BaseModel):
 
 
 class GenderPublic(BaseModel):
-    female_probability: float = Field(ge=0, le=1, description="the model's probability that the face is a woman's (binary labels of UTKFace)")
+    female_probability: float = Field(
+        ge=0, le=1, description="the model's probability that the face is a woman's (binary labels of UTKFace)"
+    )
 
 
 class AgePublic(BaseModel):

@@ -148,7 +148,7 @@ def _read(package: Path, schema: type[M]) -> M:
     if raw.get("kind", "embedder") != wanted:
         raise ManifestError(f"{path} is a {raw.get('kind', 'embedder')!r} package, not an {wanted!r} one")
     try:
-        return schema.model_validate(raw)
+        return schema.model_validate(raw)  # type: ignore[return-value]
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise ManifestError(f"{path} does not fit the package contract ({problems}): re-export the model") from exc

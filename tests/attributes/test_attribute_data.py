@@ -66,7 +66,9 @@ def test_utk_records_read_labels(tmp_path: Path) -> None:
     assert {r.source for r in records} <= {"train", "val", "test"}
 
 
-@pytest.mark.parametrize(("age", "band"), [(5, "5-12"), (12, "5-12"), (13, "13-19"), (29, "20-29"), (69, "60-69"), (70, "70+"), (116, "70+")])
+@pytest.mark.parametrize(
+    ("age", "band"), [(5, "5-12"), (12, "5-12"), (13, "13-19"), (29, "20-29"), (69, "60-69"), (70, "70+"), (116, "70+")]
+)
 def test_age_bands(age: int, band: str) -> None:
     assert age_band(age) == band
 

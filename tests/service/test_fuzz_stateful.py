@@ -66,4 +66,3 @@ def test_enrol_get_patch_delete_over_links(clean_runtime: Runtime, admin_key: st
         f"no link from an enrolled person was followed: {dict(seen)}"
     )
     assert not [key for key in seen if key[2] >= 500]
-

@@ -39,7 +39,7 @@ def expression_metrics(probabilities: np.ndarray, labels: np.ndarray, detected: 
     precision = confusion.diagonal() / np.maximum(confusion.sum(axis=0), 1)
     correct = predicted == labels
     return {
-        "photos": int(len(labels)),
+        "photos": len(labels),
         "accuracy": float(correct.mean()),
         "accuracy_face_found": float(correct[detected].mean()) if detected.any() else None,
         "photos_face_found": int(detected.sum()),
@@ -71,7 +71,7 @@ def gender_age_metrics(outputs: np.ndarray, data: AttributeData, rows: np.ndarra
         }
 
     return {
-        "photos": int(len(rows)),
+        "photos": len(rows),
         "gender_photos": int(known.sum()),
         "gender_accuracy": float(correct[known].mean()),
         "age_mae": float(error.mean()),

@@ -8,8 +8,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def draw(task: str, result: dict[str, Any], folder: Path) -> Path:
@@ -25,8 +25,15 @@ def draw(task: str, result: dict[str, Any], folder: Path) -> Path:
         ax.set_yticks(range(len(labels)), labels)
         for i in range(len(labels)):
             for j in range(len(labels)):
-                ax.text(j, i, f"{share[i, j]:.2f}\n{int(confusion[i, j])}", ha="center", va="center", fontsize=7,
-                        color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{share[i, j]:.2f}\n{int(confusion[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
         ax.set_xlabel("predicted")
         ax.set_ylabel("true (FER2013 PrivateTest)")
         ax.set_title(f"Expression: accuracy {result['accuracy']:.1%} on {result['photos']} photos (rows sum to 1)")

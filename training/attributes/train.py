@@ -162,7 +162,11 @@ class EpochLog(keras.callbacks.Callback):
         self.started = time.time()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        row = {"epoch": epoch + 1, "seconds": round(time.time() - self.started, 1), **{k: round(float(v), 5) for k, v in (logs or {}).items()}}
+        row = {
+            "epoch": epoch + 1,
+            "seconds": round(time.time() - self.started, 1),
+            **{k: round(float(v), 5) for k, v in (logs or {}).items()},
+        }
         new = not self.path.exists()
         with self.path.open("a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row))
@@ -201,16 +205,22 @@ def train(args: argparse.Namespace) -> Path:
         train_rows = np.sort(pick.choice(train_rows, min(args.limit, len(train_rows)), replace=False))
         val_rows = np.sort(pick.choice(val_rows, min(max(args.limit // 4, 8), len(val_rows)), replace=False))
     train_rows = train_rows if task == "expression" else train_rows[data.targets["age"][train_rows] > 0]
-    weights = class_weights(data.targets["expression"][train_rows], len(EXPRESSIONS), args.class_weight_power) if task == "expression" else None
+    weights = (
+        class_weights(data.targets["expression"][train_rows], len(EXPRESSIONS), args.class_weight_power) if task == "expression" else None
+    )
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.update(train_photos=len(train_rows), val_photos=len(val_rows), class_weights=None if weights is None else weights.round(4).tolist())
+    config.update(
+        train_photos=len(train_rows), val_photos=len(val_rows), class_weights=None if weights is None else weights.round(4).tolist()
+    )
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     keras.utils.set_random_seed(args.seed)
     model = build_attribute_model(task, args.input_size, dropout=args.dropout)
     backup = out / "backup"
     if not backup.exists():  # a fresh run: BatchNorm statistics of this task's crops (a resumed run restores its own)
-        sample = np.sort(np.random.default_rng(args.seed).choice(train_rows, size=min(args.recalibrate_images, len(train_rows)), replace=False))
+        sample = np.sort(
+            np.random.default_rng(args.seed).choice(train_rows, size=min(args.recalibrate_images, len(train_rows)), replace=False)
+        )
         prepared = build_preprocess(task, args.input_size).predict(np.asarray(data.crops[sample], np.float32), verbose=0)
         print(f"recalibrated {recalibrate_batchnorm(model, prepared)} BatchNorm layers on {len(sample)} crops", flush=True)
     batches = Batches(task, data, train_rows, args.batch, args.seed, weights)

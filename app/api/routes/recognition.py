@@ -10,8 +10,8 @@ from app.api.common import frames_public, read_frames
 from app.api.deps import AdminKey, DoorKey, Multipart, RowId, RuntimeDep, SessionDep, attempt, audit_context
 from app.api.errors import error_responses
 from app.api.schemas import FramesCheckPublic, IdentifyPublic, PersonRef, VerifyPublic
-from app.core.validation import TextCheck
 from app.core.errors import Forbidden
+from app.core.validation import TextCheck
 from app.services import analysis, recognition
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
@@ -56,7 +56,9 @@ def identify(
     tasks: tuple[str, ...] = ()
     if attributes is not None and attributes.strip():
         if not principal.may("analysis"):
-            raise Forbidden("insufficient_scope", f"attributes need a key with the analysis scope; {principal.name!r} is a {principal.scope} key")
+            raise Forbidden(
+                "insufficient_scope", f"attributes need a key with the analysis scope; {principal.name!r} is a {principal.scope} key"
+            )
         tasks = analysis.resolve_tasks(runtime, attributes)
     frames_in = read_frames(frames, runtime)
     outcome = recognition.identify(runtime, session, frames_in, actor=principal, door_id=door_id, attributes=tasks)
