@@ -162,3 +162,20 @@ def test_find_attribute_package_picks_the_task_and_the_id(exported: dict[str, Pa
     assert find_attribute_package(store, "gender_age", exported["gender_age"].name) == exported["gender_age"]
     with pytest.raises(AttributeModelError, match="no expression package 'nope'"):
         find_attribute_package(store, "expression", "nope")
+
+
+def test_colour_measurement_twin_differs_only_in_the_grayscale_step() -> None:
+    from training.attributes.colour import colour_twin, measure, to_grey
+
+    keras.utils.set_random_seed(3)
+    model = build_attribute_model("expression", 32, backbone_weights=None)
+    crops = np.random.default_rng(3).integers(0, 256, (6, 112, 112, 3)).astype(np.uint8)
+    twin = colour_twin(model)
+    grey = to_grey(crops)
+    # On a crop that is already grey the twin and the model agree exactly.
+    a = np.asarray(model(grey, training=False)["expression"])
+    b = np.asarray(twin(grey, training=False)["expression"])
+    assert np.allclose(a, b, atol=1e-5)
+    result = measure(model, crops)
+    assert result["crops"] == 6 and result["grayscale_input_top_class_changes"] == 0.0
+    assert result["grayscale_input_max_abs_difference"] < 1e-4
