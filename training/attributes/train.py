@@ -217,7 +217,11 @@ def train(args: argparse.Namespace) -> Path:
     keras.utils.set_random_seed(args.seed)
     model = build_attribute_model(task, args.input_size, dropout=args.dropout)
     backup = out / "backup"
-    if not backup.exists():  # a fresh run: BatchNorm statistics of this task's crops (a resumed run restores its own)
+    if args.init_from is not None:
+        # A continuation: every weight (BatchNorm statistics included) from an earlier run of this task.
+        model.set_weights(keras.models.load_model(args.init_from, compile=False).get_weights())
+        print(f"initialised from {args.init_from}", flush=True)
+    elif not backup.exists():  # a fresh run: BatchNorm statistics of this task's crops (a resumed run restores its own)
         sample = np.sort(
             np.random.default_rng(args.seed).choice(train_rows, size=min(args.recalibrate_images, len(train_rows)), replace=False)
         )
@@ -263,6 +267,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--class-weight-power", type=float, default=0.5)
     p.add_argument("--recalibrate-images", type=int, default=1024)
+    p.add_argument("--init-from", type=Path, default=None, help="continue from this run's .keras (same task) instead of ImageNet")
     p.add_argument("--limit", type=int, default=None, help="a random N training photos (smoke runs)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
