@@ -190,9 +190,20 @@ def test_the_shipped_manifests_fit_the_contract(repo_root: Path) -> None:
         assert contract.Manifest.model_validate(manifest.model_dump(mode="json")) == manifest
 
 
-def shipped_models(repo_root: Path) -> list[Path]:
+def shipped_models(repo_root: Path, kind: str = "embedder") -> list[Path]:
     store = repo_root / "model_store"
-    return sorted(p for p in store.glob("*/manifest.json")) if store.is_dir() else []
+    return sorted(p for p in store.glob("*/manifest.json") if contract.kind_of(p.parent) == kind) if store.is_dir() else []
+
+
+def test_the_shipped_attribute_manifests_fit_the_contract(repo_root: Path) -> None:
+    for path in shipped_models(repo_root, "attributes"):
+        manifest = contract.read_attributes(path.parent)
+        contract.verify(path.parent, manifest)
+        assert contract.AttributeManifest.model_validate(manifest.model_dump(mode="json")) == manifest
+        # Measured on the served file by the repository's evaluation code, validation and test.
+        evaluation = manifest.extra("evaluation")
+        assert {"validation", "test"} <= set(evaluation) and evaluation["test"]["photos"] > 1000
+        assert manifest.extra("tflite_max_abs_diff") < 1e-4
 
 
 def test_shipped_model_tflite_matches_keras_on_real_aligned_faces(repo_root: Path, shared_dir: Path) -> None:

@@ -126,12 +126,12 @@ def test_deep_metadata_text_at_any_depth(admin: TestClient, clean_runtime: Runti
 
 def test_key_names(admin: TestClient, clean_runtime: Runtime) -> None:
     @PROPERTY
-    @given(name=TEXT, scope=st.sampled_from(["door", "admin", "analysis", "ADMIN", ""]))
+    @given(name=TEXT, scope=st.sampled_from(["door", "admin", "analysis", "door+analysis", "auditor", "ADMIN", ""]))
     def create(name: str, scope: str) -> None:
         counts = store_counts(clean_runtime)
         answer = admin.post("/v1/keys", content=_dumps({"name": name, "scope": scope}), headers={"Content-Type": "application/json"})
         if answer.status_code == 201:
-            assert control_character(name) is None and scope in {"door", "admin"}, (name, scope)
+            assert control_character(name) is None and scope in {"door", "analysis", "door+analysis", "admin"}, (name, scope)
             return
         assert _is_error(answer, 422) in {"invalid_text", "invalid_request"}
         assert store_counts(clean_runtime) == counts

@@ -107,7 +107,7 @@ def test_bad_requests_get_clear_codes(analyst: TestClient, expression_served: Ru
         (multipart([truncated_jpeg()]), 422, "corrupt_image"),
         (multipart([grey_jpeg()], attributes="expression,mood"), 422, "unknown_attribute"),
         (multipart([grey_jpeg()], attributes="gender_age"), 403, "attribute_disabled"),
-        ({"data": {"attributes": "expression"}}, 422, "no_frames"),
+        ({"files": {"note": ("note.txt", b"hello", "text/plain")}, "data": {"attributes": "expression"}}, 422, "no_frames"),
     ]
     for request, status, code in cases:
         answer = analyst.post("/v1/analyze", **request)

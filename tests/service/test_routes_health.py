@@ -24,9 +24,15 @@ def test_healthz_and_readyz(client: TestClient, clean_runtime: Runtime) -> None:
             "model": clean_runtime.model_id,
             "model_verified": True,
             "templates": len(clean_runtime.index),
+            "attributes": {
+                **clean_runtime.attributes.model_ids(),
+                **{task: f"unavailable: {why}" for task, why in clean_runtime.attributes.unavailable.items()},
+            },
             "database": "ok",
         },
     }
+    # Gender and age are off unless configured; an attribute never makes the service unready.
+    assert ready.json()["checks"]["attributes"]["gender_age"] == "unavailable: switched off by configuration"
 
 
 def test_request_id(admin: TestClient) -> None:
