@@ -49,7 +49,7 @@ def measure(model: keras.Model, crops: np.ndarray) -> dict[str, float]:
     colour, grey = probabilities(twin, crops), probabilities(twin, to_grey(crops))
     shipped_colour, shipped_grey = probabilities(model, crops), probabilities(model, to_grey(crops))
     return {
-        "crops": int(len(crops)),
+        "crops": len(crops),
         "colour_input_top_class_changes": float((colour.argmax(1) != grey.argmax(1)).mean()),
         "colour_input_mean_total_variation": float(0.5 * np.abs(colour - grey).sum(1).mean()),
         "grayscale_input_top_class_changes": float((shipped_colour.argmax(1) != shipped_grey.argmax(1)).mean()),
