@@ -71,8 +71,8 @@ def audit_fields(runtime: Runtime, attributes: dict[int, dict[str, Any]]) -> dic
     return {"attributes": [{"frame": index, **record} for index, record in sorted(attributes.items())]}
 
 
-def analyze(runtime: Runtime, session: Session, frames: Sequence[bytes], *, actor: Actor, requested: str | None) -> Analysis:
-    tasks = resolve_tasks(runtime, requested)
+def analyze(runtime: Runtime, session: Session, frames: Sequence[bytes], *, actor: Actor, tasks: tuple[str, ...]) -> Analysis:
+    """``tasks`` as :func:`resolve_tasks` answered them (checked before the frames are read)."""
     burst = process_burst(frames, runtime.aligners, None, runtime.limits)
     for stage, seconds in burst.timings.items():
         STAGE_SECONDS.labels(stage=stage).observe(seconds)

@@ -105,7 +105,13 @@ class AttributeModel:
         out = self.runner(np.asarray(crops, dtype=np.float32))
         if self.task == "expression":
             return [expression_record(row) for row in out]
-        return [{"gender": {"female_probability": round(float(row[0]), 4)}, "age": {"years": round(float(row[1]), 1)}} for row in out]
+        return [
+            {
+                "gender": {"female_probability": round(float(np.clip(row[0], 0.0, 1.0)), 4)},
+                "age": {"years": round(max(0.0, float(row[1])), 1)},
+            }
+            for row in out
+        ]
 
 
 def expression_record(probabilities: np.ndarray) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def analyze(
     """
     audit_context(request, "analyze")
     tasks = analysis.resolve_tasks(runtime, attributes)
-    result = analysis.analyze(runtime, session, read_frames(frames, runtime), actor=principal, requested=",".join(tasks))
+    result = analysis.analyze(runtime, session, read_frames(frames, runtime), actor=principal, tasks=tasks)
     return AnalyzePublic(
         models=result.models,
         unavailable=runtime.attributes.unavailable,
