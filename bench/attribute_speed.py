@@ -14,30 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
-from app.vision import manifest as contract
 from app.vision.attributes import AttributeModel
-from app.vision.embedder import ModelPackage, find_package
+from app.vision.embedder import ModelPackage, find_package, list_packages
 from app.vision.litert import LiteRTModel
+from bench.embed_speed import percentiles, time_calls
 
 
-def per_face_ms(model: LiteRTModel, batch: np.ndarray, calls: int) -> list[float]:
-    for _ in range(10):
-        model(batch)
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        model(batch)
-        samples.append((time.perf_counter() - start) * 1000 / len(batch))
-    return samples
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(float(np.percentile(samples, 50)), 3), "p95_ms": round(float(np.percentile(samples, 95)), 3)}
+def per_face(model: LiteRTModel, batch: np.ndarray, calls: int) -> list[float]:
+    """Seconds per face of ``calls`` timed calls on the whole batch (``embed_speed.time_calls``)."""
+    return [seconds / len(batch) for seconds in time_calls(model, batch, calls)]
 
 
 def main() -> None:
@@ -47,7 +36,7 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("bench/results/attribute_speed.json"))
     args = parser.parse_args()
-    packages = sorted(p for p in args.store.iterdir() if (p / contract.MANIFEST).exists() and contract.kind_of(p) == "attributes")
+    packages = [args.store / name for name in list_packages(args.store, "attributes")]
     if not packages:
         raise SystemExit(f"no attribute package in {args.store}: python -m training.attributes.export")
     embedder = ModelPackage.open(find_package(args.store))
@@ -63,7 +52,7 @@ def main() -> None:
         for name, model in models:
             for label, batch in (("1 face", one), ("5-face burst", burst)):
                 rows.append(
-                    {"model": name, "threads": threads, "call": label, **summary(per_face_ms(model, batch, args.faces // len(batch)))}
+                    {"model": name, "threads": threads, "call": label, **percentiles(per_face(model, batch, args.faces // len(batch)))}
                 )
     print("| model | threads | call | p50 ms/face | p95 ms/face | / embedder |\n|---|---|---|---|---|---|")
     for r in rows:

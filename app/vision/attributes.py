@@ -19,6 +19,7 @@ import numpy as np
 
 from app.vision import manifest as contract
 from app.vision.align import ALIGNMENT_VERSION
+from app.vision.embedder import list_packages
 from app.vision.litert import LiteRTModel
 from app.vision.manifest import AttributeManifest, ManifestError
 
@@ -36,17 +37,15 @@ def find_attribute_package(store: Path, task: str, model_id: str | None = None) 
     """``store/<model_id>``, or the newest attribute package of ``task`` in ``store``."""
     store = Path(store)
     candidates = []
-    if store.is_dir():
-        for path in sorted(store.iterdir()):
-            if (path / contract.MANIFEST).exists() and contract.kind_of(path) == "attributes":
-                try:
-                    manifest = contract.read_attributes(path)
-                except ManifestError as exc:
-                    if model_id == path.name:
-                        raise AttributeModelError(str(exc)) from exc
-                    continue
-                if manifest.task == task and (model_id is None or model_id == path.name):
-                    candidates.append((manifest.created, path))
+    for name in list_packages(store, "attributes"):
+        try:
+            manifest = contract.read_attributes(store / name)
+        except ManifestError as exc:
+            if model_id == name:
+                raise AttributeModelError(str(exc)) from exc
+            continue
+        if manifest.task == task and (model_id is None or model_id == name):
+            candidates.append((manifest.created, store / name))
     if not candidates:
         wanted = f"package {model_id!r}" if model_id else "package"
         raise AttributeModelError(f"no {task} {wanted} in {store} (train and export one: python -m training.attributes.export)")
@@ -74,14 +73,9 @@ class AttributeModel:
         """Check every file's sha256, the alignment and the output columns, then one probe crop."""
         path = Path(path)
         try:
-            manifest = contract.read_attributes(path)
-            contract.verify(path, manifest)
+            manifest = contract.open_verified(path, AttributeManifest, ALIGNMENT_VERSION)
         except ManifestError as exc:
             raise AttributeModelError(str(exc)) from exc
-        if manifest.alignment_version != ALIGNMENT_VERSION:
-            raise AttributeModelError(
-                f"{manifest.model_id} was trained on {manifest.alignment_version} crops; this service aligns with {ALIGNMENT_VERSION}"
-            )
         expected = list(EXPRESSIONS) if manifest.task == "expression" else GENDER_AGE_OUTPUTS
         if manifest.outputs != expected:
             raise AttributeModelError(f"{manifest.model_id}: outputs {manifest.outputs} are not the {manifest.task} columns {expected}")

@@ -71,15 +71,9 @@ class ModelPackage:
         """Read the manifest and check every listed file's sha256 before anything runs."""
         path = Path(path)
         try:
-            manifest = contract.read(path)
-            contract.verify(path, manifest)
+            manifest = contract.open_verified(path, Manifest, ALIGNMENT_VERSION)
         except ManifestError as exc:
             raise ModelPackageError(str(exc)) from exc
-        if manifest.alignment_version != ALIGNMENT_VERSION:
-            raise ModelPackageError(
-                f"model {manifest.model_id} was trained on {manifest.alignment_version} crops but this service "
-                f"aligns with {ALIGNMENT_VERSION}: distances would not transfer; retrain or use a matching service"
-            )
         return cls(path=path, manifest=manifest)
 
 

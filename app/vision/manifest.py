@@ -154,6 +154,20 @@ def _read(package: Path, schema: type[M]) -> M:
         raise ManifestError(f"{path} does not fit the package contract ({problems}): re-export the model") from exc
 
 
+def open_verified(package: Path, schema: type[M], alignment_version: str) -> M:
+    """The package's manifest of ``schema``'s kind, every listed file's sha256 checked, and its
+    crops the ones this code aligns (``alignment_version``): what the service does before
+    anything of a package runs. Raises :class:`ManifestError` saying which check failed."""
+    manifest = _read(package, schema)
+    verify(package, manifest)
+    if manifest.alignment_version != alignment_version:
+        raise ManifestError(
+            f"model {manifest.model_id} was trained on {manifest.alignment_version} crops but this service "
+            f"aligns with {alignment_version}: what it learned would not transfer; retrain or use a matching service"
+        )
+    return manifest
+
+
 def write(package: Path, manifest: M | dict[str, Any]) -> PackageManifest:
     """Validate and write ``manifest.json`` (the files it lists must already be in place)."""
     if isinstance(manifest, PackageManifest):
