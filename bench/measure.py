@@ -98,8 +98,12 @@ def identify_load(
     return LoadResult(latencies, statuses, decisions, errors, wall, "time" if timed_out else "count")
 
 
-def stage_sums(service: Service) -> dict[str, tuple[float, float]]:
-    """facegate_stage_seconds from /metrics: stage -> (sum of seconds, count)."""
+SERVER_TOTAL = "server"  # the pseudo-stage: the server's whole time for the identify route
+
+
+def stage_sums(service: Service, endpoint: str = "/v1/identify") -> dict[str, tuple[float, float]]:
+    """facegate_stage_seconds from /metrics: stage -> (sum of seconds, count); and, as
+    SERVER_TOTAL, facegate_request_seconds of ``endpoint`` (the time the server spent on it)."""
     import httpx
 
     text = httpx.get(f"{service.base_url}/metrics", timeout=10).text
@@ -110,6 +114,8 @@ def stage_sums(service: Service) -> dict[str, tuple[float, float]]:
             if line.startswith(prefix):
                 stage = line.split('stage="', 1)[1].split('"', 1)[0]
                 out.setdefault(stage, [0.0, 0.0])[slot] = float(line.rsplit(" ", 1)[1])
+            if line.startswith(f'facegate_request_seconds{suffix}{{endpoint="{endpoint}"}}'):
+                out.setdefault(SERVER_TOTAL, [0.0, 0.0])[slot] = float(line.rsplit(" ", 1)[1])
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 

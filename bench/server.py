@@ -139,12 +139,14 @@ def prepare_database(env: dict[str, str], reuse: bool) -> None:
 
 
 @contextmanager
-def running_service(env: dict[str, str], start_timeout: float = 180, hide_tensorflow: bool = False) -> Iterator[Service]:
+def running_service(env: dict[str, str], start_timeout: float = 180, hide_tensorflow: bool = False, workers: int = 1) -> Iterator[Service]:
     """`python -m app.cli serve` on a free loopback port, until /readyz answers 200.
 
     Migrations are applied beforehand (prepare_database), so the server starts with
     --no-migrate and its start-up time is the model load and the index sync alone.
     ``hide_tensorflow`` starts it through bench.serve_without_tensorflow (the image's imports).
+    ``workers`` > 1 runs that many server processes on the port (uvicorn's supervisor; its pid
+    is the one measured for memory, so memory is read only with one worker).
     """
     import httpx
 
@@ -152,7 +154,7 @@ def running_service(env: dict[str, str], start_timeout: float = 180, hide_tensor
     log = tempfile.NamedTemporaryFile(prefix="facegate-serve-", suffix=".log", delete=False)  # noqa: SIM115
     entry = "bench.serve_without_tensorflow" if hide_tensorflow else "app.cli"
     proc = subprocess.Popen(
-        [sys.executable, "-m", entry, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-migrate"],
+        [sys.executable, "-m", entry, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-migrate", "--workers", str(workers)],
         cwd=REPO_ROOT,
         env=env,
         stdout=log,

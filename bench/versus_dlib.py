@@ -125,7 +125,7 @@ def pair_accuracy(limit: int, facegate: Facegate, dlib_model: Dlib) -> dict[str,
     for pair in chosen:
         (fa, da), (fb, db) = vectors(pair.name_a, pair.index_a), vectors(pair.name_b, pair.index_b)
         rows.append((pair, fa, fb, da, db))
-    both = [(p, fa, fb, da, db) for p, fa, fb, da, db in rows if all(v is not None for v in (fa, fb, da, db))]
+    both = [(p, fa, fb, da, db) for p, fa, fb, da, db in rows if fa is not None and fb is not None and da is not None and db is not None]
     same = np.array([p.same for p, *_ in both])
     folds = np.array([p.fold for p, *_ in both])
     ours = np.array([1.0 - float(np.dot(fa, fb)) for _, fa, fb, _, _ in both])

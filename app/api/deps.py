@@ -25,7 +25,9 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="a
 _limiter = MovingWindowRateLimiter(MemoryStorage())
 
 
-def get_runtime(request: Request) -> Runtime:
+# Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency on its
+# thread pool, a thread hop per dependency per request for a door waiting on the answer.
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -47,17 +49,19 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
-def _authenticate(request: Request, runtime: Runtime, key: str | None, needed: Literal["door", "analysis", "admin"]) -> Actor:
+def _authenticate(
+    request: Request, runtime: Runtime, session: Session, key: str | None, needed: Literal["door", "analysis", "admin"]
+) -> Actor:
+    """The key is read on the request's own session: one connection and transaction per request."""
     if not runtime.settings.AUTH_ENABLED:
         actor = Actor(name="anonymous", scope="admin")
     else:
-        with runtime.sessions() as session:
-            try:
-                actor = auth.authenticate(session, key, needed=needed)
-            except (auth.KeyRefused, auth.ScopeRefused) as exc:
-                # The audit of a refusal names the key (never records the key itself).
-                request.state.key_name = exc.key_name
-                raise
+        try:
+            actor = auth.authenticate(session, key, needed=needed)
+        except (auth.KeyRefused, auth.ScopeRefused) as exc:
+            # The audit of a refusal names the key (never records the key itself).
+            request.state.key_name = exc.key_name
+            raise
     actor = replace(actor, request_id=request_id_var.get(), started=getattr(request.state, "started", None))
     request.state.principal = actor
     limit = parse(runtime.settings.RATE_LIMIT_ADMIN if needed == "admin" else runtime.settings.RATE_LIMIT_DOOR)
@@ -69,16 +73,16 @@ def _authenticate(request: Request, runtime: Runtime, key: str | None, needed: L
     return actor
 
 
-def door_key(request: Request, runtime: RuntimeDep, key: Annotated[str | None, Security(api_key_header)]) -> Actor:
-    return _authenticate(request, runtime, key, "door")
+def door_key(request: Request, runtime: RuntimeDep, session: SessionDep, key: Annotated[str | None, Security(api_key_header)]) -> Actor:
+    return _authenticate(request, runtime, session, key, "door")
 
 
-def admin_key(request: Request, runtime: RuntimeDep, key: Annotated[str | None, Security(api_key_header)]) -> Actor:
-    return _authenticate(request, runtime, key, "admin")
+def admin_key(request: Request, runtime: RuntimeDep, session: SessionDep, key: Annotated[str | None, Security(api_key_header)]) -> Actor:
+    return _authenticate(request, runtime, session, key, "admin")
 
 
-def analysis_key(request: Request, runtime: RuntimeDep, key: Annotated[str | None, Security(api_key_header)]) -> Actor:
-    return _authenticate(request, runtime, key, "analysis")
+def analysis_key(request: Request, runtime: RuntimeDep, session: SessionDep, key: Annotated[str | None, Security(api_key_header)]) -> Actor:
+    return _authenticate(request, runtime, session, key, "analysis")
 
 
 DoorKey = Annotated[Actor, Depends(door_key)]
@@ -86,7 +90,7 @@ AnalysisKey = Annotated[Actor, Depends(analysis_key)]
 AdminKey = Annotated[Actor, Depends(admin_key)]
 
 
-def require_multipart(request: Request) -> None:
+async def require_multipart(request: Request) -> None:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(415, "expected_multipart", f"send frames as multipart/form-data, not {content_type or 'no content type'}")
@@ -100,7 +104,7 @@ def attempt(kind: str) -> Any:
     ``dependencies``: it runs before the key is checked and the form validated, so an attempt
     refused by either is audited under its kind too."""
 
-    def name_the_attempt(request: Request) -> None:
+    async def name_the_attempt(request: Request) -> None:
         fields: dict[str, Any] = {"kind": kind}
         raw = request.path_params.get("person_id")
         if isinstance(raw, str) and raw.isdigit() and 1 <= int(raw) < 2**63:

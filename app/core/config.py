@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     MIN_SHARPNESS: float = Field(default=10.0, description="smallest Laplacian variance inside the face")
     MIN_BRIGHTNESS: float = Field(default=40.0, description="darkest mean face luminance (0..255)")
     MAX_BRIGHTNESS: float = Field(default=225.0, description="brightest mean face luminance (0..255)")
-    ALIGNER_POOL: int = Field(default=2, ge=1, description="Face Mesh graphs per process: frames of a burst aligned in parallel")
+    ALIGNER_POOL: int = Field(
+        default=4, ge=1, description="Face Mesh graphs per process: frames of a burst decoded and aligned in parallel"
+    )
     DOMINANT_FACE_RATIO: float = Field(
         default=2.0,
         ge=1.0,

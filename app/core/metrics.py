@@ -15,3 +15,5 @@ STAGE_SECONDS = Histogram(
 )
 TEMPLATES = Gauge("facegate_templates_enrolled", "Templates of the serving model in this replica's index")
 MODEL = Info("facegate_model", "The serving model")
+JOURNAL_PENDING = Gauge("facegate_journal_pending", "Door decisions (audit events, match counts) queued and not yet committed")
+JOURNAL_RETRIES = Counter("facegate_journal_retries_total", "Failed journal writes, each retried")

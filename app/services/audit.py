@@ -52,25 +52,29 @@ def elapsed_ms(actor: Actor) -> float | None:
     return round((time.perf_counter() - actor.started) * 1000, 2) if actor.started is not None else None
 
 
-def record(
-    session: Session, actor: Actor | None, kind: str, *, created: bool = False, status_code: int | None = None, **fields: Any
-) -> None:
-    """One audit event for an operation that was served. Over HTTP its status is the one the
+def event_fields(actor: Actor | None, kind: str, *, created: bool = False, status_code: int | None = None, **fields: Any) -> dict[str, Any]:
+    """The audit event of an operation that was served. Over HTTP its status is the one the
     client gets (201 for a creation); the command line records none. The key's name is
     recorded, never the key."""
     if status_code is None and actor is not None and actor.via == "http":
         status_code = 201 if created else 200
     if isinstance(fields.get("reason"), str):
         fields["reason"] = fields["reason"][:REASON_CHARS]
-    crud.record_event(
-        session,
-        kind=kind,
-        request_id=actor.request_id if actor else None,
-        key_name=actor.name if actor else None,
-        latency_ms=elapsed_ms(actor) if actor else None,
-        status_code=status_code,
+    return {
+        "kind": kind,
+        "request_id": actor.request_id if actor else None,
+        "key_name": actor.name if actor else None,
+        "latency_ms": elapsed_ms(actor) if actor else None,
+        "status_code": status_code,
         **fields,
-    )
+    }
+
+
+def record(
+    session: Session, actor: Actor | None, kind: str, *, created: bool = False, status_code: int | None = None, **fields: Any
+) -> None:
+    """One audit event, in the operation's own transaction (admin changes are audited atomically)."""
+    crud.record_event(session, **event_fields(actor, kind, created=created, status_code=status_code, **fields))
 
 
 def record_refusal(

@@ -100,12 +100,13 @@ def get_person(session: Session, person_id: int) -> Person:
     return person
 
 
-def _audit_decision(session: Session, actor: Actor, kind: str, runtime: Runtime, outcome: Outcome, **fields: Any) -> None:
+def _journal_decision(actor: Actor, kind: str, runtime: Runtime, outcome: Outcome, **fields: Any) -> None:
+    """Count the decision and hand its audit event (and a grant's match count) to the journal,
+    which writes them off the response path (``app.services.journal``)."""
     decision = outcome.decision
     verdict = "granted" if decision.granted else "denied"
     DECISIONS.labels(kind=kind, decision=verdict, reason=decision.reason).inc()
-    audit.record(
-        session,
+    event = audit.event_fields(
         actor,
         kind,
         decision=verdict,
@@ -118,6 +119,8 @@ def _audit_decision(session: Session, actor: Actor, kind: str, runtime: Runtime,
         frames_rejected=outcome.burst.rejected(),
         **fields,
     )
+    matched = decision.person_id if kind == "identify" and decision.granted else None
+    runtime.journal.submit(event, matched_person=matched)
 
 
 # -- the flows ---------------------------------------------------------------------------------
@@ -158,13 +161,9 @@ def identify(
     ``attributes`` (e.g. ``("expression",)``) are computed after the decision, from the same
     crops, and never change it."""
     outcome = find(runtime, session, frames)
-    decision = outcome.decision
-    if decision.person_id is not None and not crud.record_match(session, person_id=decision.person_id):
-        outcome = Outcome(Decision(False, "no_match", decision.threshold), outcome.burst)
     if attributes:
         outcome = replace(outcome, attributes=analysis.attributes_of(runtime, outcome.burst, attributes))
-    _audit_decision(
-        session,
+    _journal_decision(
         actor,
         "identify",
         runtime,
@@ -189,7 +188,7 @@ def verify(runtime: Runtime, session: Session, person_id: int, frames: Sequence[
     else:
         decision = decide([Match(person_id, float(distance(fuse(burst.embeddings), template)))], threshold)
     outcome = Outcome(decision, burst, person)
-    _audit_decision(session, actor, "verify", runtime, outcome, door_id=door_id, person_id=person_id)
+    _journal_decision(actor, "verify", runtime, outcome, door_id=door_id, person_id=person_id)
     return outcome
 
 

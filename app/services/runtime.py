@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.config import Settings
 from app.matching.index import TemplateIndex
 from app.matching.threshold import ThresholdTable, ThresholdTableError
+from app.services.journal import Journal
 from app.store.db import make_engine, make_session_factory
 from app.vision.attributes import AttributeModels
 from app.vision.embedder import Embedder, ModelPackage, ModelPackageError, find_package
@@ -48,6 +49,9 @@ class Runtime:
         self.aligners = AlignerPool(settings.ALIGNER_POOL, self.package.input_size, settings.DOMINANT_FACE_RATIO)
         self.engine: Engine = make_engine(settings)
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
+        # Door decisions' audit events and match counts, written off the response path; it
+        # opens sessions through ``self.sessions`` as it is at write time.
+        self.journal = Journal(lambda: self.sessions())
         self.index = TemplateIndex(self.package.model_id, self.package.embedding_size, threads=settings.SCAN_THREADS)
         self.limits = BurstLimits(
             max_frame_bytes=settings.MAX_FRAME_BYTES,
@@ -61,5 +65,6 @@ class Runtime:
         return self.package.model_id
 
     def close(self) -> None:
+        self.journal.close()
         self.aligners.close()
         self.engine.dispose()

@@ -231,14 +231,10 @@ def frame_counts(session: Session, *, person_ids: Sequence[int], model_id: str) 
     return {int(r.person_id): int(r.frame_count) for r in rows}
 
 
-def record_match(session: Session, *, person_id: int) -> bool:
-    """Count a door match; False when the person no longer exists (deleted since the scan).
-
-    The row lock this UPDATE takes keeps the person from being deleted until the caller's
-    transaction ends, so the person read after it is the one that was matched.
-    """
+def record_match(session: Session, *, person_id: int, count: int = 1, at: datetime | None = None) -> bool:
+    """Count ``count`` door matches, the last at ``at``; False when the person no longer exists."""
     result = session.execute(
-        update(Person).where(Person.id == person_id).values(search_count=Person.search_count + 1, last_matched_at=utcnow())
+        update(Person).where(Person.id == person_id).values(search_count=Person.search_count + count, last_matched_at=at or utcnow())
     )
     return int(getattr(result, "rowcount", 0) or 0) == 1
 
@@ -364,6 +360,12 @@ def record_event(session: Session, **fields: Any) -> Event:
     session.add(event)
     session.flush()
     return event
+
+
+def record_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Many events in one statement (the journal's batches)."""
+    if rows:
+        session.execute(insert(Event), list(rows))
 
 
 def list_events(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.matching.fusion import l2_normalise
-from app.matching.index import TemplateIndex, quantise
+from app.matching.index import PREFILTER_MIN, TemplateIndex, nearest_rows, quantise
 
 
 def unit_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
@@ -79,3 +79,36 @@ def test_top_k_largest_matches_a_full_sort(n: int) -> None:
         got = top_k_largest(scores, k)
         assert len(got) == k
         assert np.array_equal(np.sort(scores[got])[::-1], np.sort(scores)[::-1][:k])
+
+
+def test_prefilter_keeps_every_match_within_a_door_threshold() -> None:
+    """Above PREFILTER_MIN templates the sign-bit shortlist comes first: every template that a
+    door threshold would accept (cosine >= 0.6, distance <= 0.4, looser than any row of the
+    shipped tables) must still come back, with the same approximate distance and rank as the
+    plain int8 scan gives."""
+    rng = np.random.default_rng(7)
+    n, dim, queries = PREFILTER_MIN + 10_000, 192, 40
+    strangers = l2_normalise(rng.normal(size=(n, dim)).astype(np.float32))
+    # Each query has one planted template at cosine 0.6 (the hardest a threshold admits).
+    noise = l2_normalise(rng.normal(size=(queries, dim)).astype(np.float32))
+    q = l2_normalise(rng.normal(size=(queries, dim)).astype(np.float32))
+    noise -= np.sum(noise * q, axis=1, keepdims=True) * q
+    planted = 0.6 * q + 0.8 * l2_normalise(noise)
+    rows = rng.choice(n, size=queries, replace=False)
+    strangers[rows] = planted
+    index = TemplateIndex("m", dim)
+    index.upsert_many(np.arange(1, n + 1), np.arange(1, n + 1), strangers)
+    codes = quantise(strangers).astype(np.float32)
+    for i in range(queries):
+        got = index.scan(q[i], k=16)
+        exact_dots = codes @ quantise(q[i]).astype(np.float32)
+        best = int(np.argmax(exact_dots))
+        assert best == rows[i]
+        assert got[0].template_id == best + 1
+        assert got[0].approx_distance == pytest.approx(1.0 - exact_dots[best] / 127.0**2, abs=1e-6)
+
+
+def test_nearest_rows_includes_ties_at_the_cut_off() -> None:
+    hamming = np.array([5, 1, 3, 3, 3, 9, 0], dtype=np.float32)
+    assert nearest_rows(hamming, 3, dim=16).tolist() == [1, 2, 3, 4, 6]
+    assert nearest_rows(hamming, 1, dim=16).tolist() == [6]

@@ -86,6 +86,7 @@ def list_persons(
         str | None, Query(max_length=200, description="case-insensitive substring of the name (% and _ are literal)"), TextCheck
     ] = None,
 ) -> PersonsPublic:
+    runtime.journal.flush()  # match counts of this replica's door decisions still being written
     persons, count = crud.list_persons(session, offset=offset, limit=limit, name=name)
     counts = crud.frame_counts(session, person_ids=[p.id for p in persons], model_id=runtime.model_id)
     return PersonsPublic(data=[person_public(p, counts.get(p.id)) for p in persons], count=count)
@@ -98,6 +99,7 @@ def list_persons(
     summary="One person",
 )
 def get_person(person_id: RowId, runtime: RuntimeDep, session: SessionDep, _: AdminKey) -> PersonPublic:
+    runtime.journal.flush()  # its match count, when a door decision of this replica is still being written
     person = recognition.get_person(session, person_id)
     return person_public(person, crud.frame_counts(session, person_ids=[person_id], model_id=runtime.model_id).get(person_id))
 
