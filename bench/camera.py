@@ -66,8 +66,9 @@ def multipart(frames: Sequence[bytes], **fields: str) -> dict[str, Any]:
 
 
 def random_unit_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """Non-negative unit vectors, like the embedder's post-ReLU, L2-normalised output."""
-    vectors = np.abs(rng.standard_normal((n, dim), dtype=np.float32))
+    """Unit vectors over the whole sphere, like the distilled embedder's output (linear head,
+    strangers near cosine 0)."""
+    vectors = rng.standard_normal((n, dim), dtype=np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 

@@ -3,7 +3,7 @@
 Loopback only, bounded in request count and in time. By default it starts its own
 `facegate serve` on a free loopback port against a fresh temporary SQLite database (or
 --database-url, an empty scratch Postgres database) after writing --templates synthetic
-persons through ``app.store.crud.create_person`` (random non-negative unit vectors), then
+persons through ``app.store.crud.create_person`` (random unit vectors over the whole sphere), then
 enrols one real person from ../shared through the API and sends 5-frame 640x480 bursts of
 that person to /v1/identify.
 

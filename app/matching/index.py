@@ -208,6 +208,10 @@ class TemplateIndex:
                 simsimd.cdist(sign_bits(q), self._bits[:n], metric="hamming", dtype="bin8", out=hamming, threads=threads)
                 rows = nearest_rows(hamming[0], max(PREFILTER_SHORTLIST, k), self.dim)
                 codes = self._codes[rows]
+                if len(rows) > n // 8:
+                    # Sign bits that do not tell templates apart (vectors all in one orthant, as
+                    # a ReLU head gives): the plain scan, never a worse one.
+                    rows, codes = np.arange(n), self._codes[:n]
             else:
                 rows, codes = np.arange(n), self._codes[:n]
             dots = np.empty((1, len(rows)), dtype=np.float32)

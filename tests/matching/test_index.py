@@ -112,3 +112,14 @@ def test_nearest_rows_includes_ties_at_the_cut_off() -> None:
     hamming = np.array([5, 1, 3, 3, 3, 9, 0], dtype=np.float32)
     assert nearest_rows(hamming, 3, dim=16).tolist() == [1, 2, 3, 4, 6]
     assert nearest_rows(hamming, 1, dim=16).tolist() == [6]
+
+
+def test_prefilter_falls_back_when_sign_bits_tell_nothing() -> None:
+    """Vectors all in one orthant (a ReLU head) share their sign bits: the plain scan is used."""
+    rng = np.random.default_rng(3)
+    n, dim = PREFILTER_MIN + 1_000, 64
+    vectors = l2_normalise(np.abs(rng.normal(size=(n, dim))).astype(np.float32))
+    index = TemplateIndex("m", dim)
+    index.upsert_many(np.arange(1, n + 1), np.arange(1, n + 1), vectors)
+    for row in (5, n - 3):
+        assert index.scan(vectors[row], k=4)[0].template_id == row + 1
