@@ -221,7 +221,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
-def refresh_evaluations(package: Path, eval_dirs: Sequence[Path]) -> contract.Manifest:
+def refresh_evaluations(package: Path, eval_dirs: Sequence[Path]) -> contract.PackageManifest:
     """Re-read the evaluations of a shipped model (matched by the sha256 of its files or of the
     checkpoint it was exported from) and rewrite what the manifest derives from them: the model
     files are untouched, so the model id and every enrolled template stay valid."""

@@ -62,7 +62,7 @@ def export(run: Path, data_dir: Path, store: Path, figures: Path | None = None, 
             raise ValueError(f"TFLite output differs from Keras by {diff:.2e} (limit {MAX_TFLITE_DIFF:.0e}): export refused")
         sha = sha256_file(tflite)
         model_id = f"facegate-{task.replace('_', '-')}-mnv2-{config['input_size']}-{date.strftime('%Y%m%d')}-{sha[:8]}"
-        evaluation = {
+        evaluation: dict[str, Any] = {
             "validation": evaluate(tflite, task, data, val_split),
             "test": evaluate(tflite, task, data, test_split),
             "measured_on": "the served LiteRT file (crop and mirror averaged), by training.attributes.evaluate",

@@ -92,7 +92,8 @@ def _points_one(path: str) -> tuple[str, tuple[int, int] | None, np.ndarray | No
         image = read_image_file(path)
     except DomainError as exc:
         return path, None, None, exc.code
-    return path, image.shape[:2], find_points(_aligner, image), None
+    height, width = image.shape[:2]
+    return path, (height, width), find_points(_aligner, image), None
 
 
 def prepare_attributes(records: Sequence[ImageRecord], out: Path, size: int = DEFAULT_CROP_SIZE, workers: int | None = None) -> dict:

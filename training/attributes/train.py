@@ -156,7 +156,8 @@ class EpochLog(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if batch % 50 == 0:
             rate = (batch + 1) / max(time.time() - self.started, 1e-9)
-            print(f"  step {batch + 1}/{self.steps} loss {logs.get('loss', float('nan')):.4f} ({rate:.2f} steps/s)", flush=True)
+            loss = (logs or {}).get("loss", float("nan"))
+            print(f"  step {batch + 1}/{self.steps} loss {loss:.4f} ({rate:.2f} steps/s)", flush=True)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.time()
