@@ -1,7 +1,7 @@
 """The in-memory linear scan over every enrolled template of the serving model.
 
 Templates are held as int8 codes (``round(v * 127)``) and their sign bits: a million 192-d
-templates take 192 + 24 MB instead of 768 MB (244 bytes a template with the ids and the
+templates take 192 + 24 MB instead of 768 MB (236 bytes a template with the ids and the
 id-to-row map). SimSIMD's int8 dot product scans 10k of them in ~0.3 ms on one thread; from
 PREFILTER_MIN templates a Hamming scan of the sign bits shortlists first, so a million cost
 ~5 ms on two cores instead of the ~11 ms that reading 192 MB of int8 costs here. The
@@ -207,13 +207,13 @@ class TemplateIndex:
                 hamming = np.empty((1, n), dtype=np.float32)
                 simsimd.cdist(sign_bits(q), self._bits[:n], metric="hamming", dtype="bin8", out=hamming, threads=threads)
                 rows = nearest_rows(hamming[0], max(PREFILTER_SHORTLIST, k), self.dim)
-                codes = self._codes[rows]
-                if len(rows) > n // 8:
-                    # Sign bits that do not tell templates apart (vectors all in one orthant, as
-                    # a ReLU head gives): the plain scan, never a worse one.
-                    rows, codes = np.arange(n), self._codes[:n]
-            else:
+            if n < PREFILTER_MIN or len(rows) > n // 8:
+                # Below the prefilter's size, or sign bits that do not tell templates apart
+                # (vectors all in one orthant, as a ReLU head gives): the plain scan, never a
+                # worse one, and no copy of the codes.
                 rows, codes = np.arange(n), self._codes[:n]
+            else:
+                codes = self._codes[rows]
             dots = np.empty((1, len(rows)), dtype=np.float32)
             simsimd.cdist(q, codes, metric="dot", out=dots, threads=threads if len(rows) >= PARALLEL_SCAN_MIN else 1)
             scores = dots[0]

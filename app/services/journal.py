@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -46,11 +46,16 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.05, 2.0
 
 @dataclass(frozen=True)
 class Entry:
-    """One decision to write: its audit event, and the person whose match it counts (if granted)."""
+    """One decision to write: its audit event (stamped ``created_at``), and the person whose
+    match it counts (if granted), at the event's time."""
 
     event: dict[str, Any]
     matched_person: int | None = None
-    at: datetime = field(default_factory=crud.utcnow)
+
+    @property
+    def at(self) -> datetime:
+        at: datetime = self.event["created_at"]
+        return at
 
 
 class Journal:
