@@ -82,3 +82,24 @@ def synthetic_crop_cache_factory(tmp_path_factory: pytest.TempPathFactory) -> Cr
         return write_crop_cache(tmp_path_factory.mktemp("crops"), identities, images_per_identity, size, seed)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def fake_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight model with the teacher's contract: (2, 112, 112, 3) -> (2, 192)."""
+    import keras
+    import tensorflow as tf
+
+    from training import teacher as teacher_mod
+
+    keras.utils.set_random_seed(0)
+    pixels = keras.Input((112, 112, 3))
+    x = keras.layers.Conv2D(8, 5, strides=4, activation="relu")(pixels)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(pixels, keras.layers.Dense(teacher_mod.TEACHER_DIM)(x))
+    saved = tmp_path_factory.mktemp("saved")
+    # The real teacher's fixed batch of two (a crop and its mirror) is part of its contract.
+    model.export(str(saved), format="tf_saved_model", input_signature=[tf.TensorSpec((2, 112, 112, 3), tf.float32)], verbose=False)
+    path = tmp_path_factory.mktemp("teacher") / "fake.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
+    return path

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from training import distill, report
-from training.teacher import TEACHER_DIM
+from training.model import build_embedder, transfer_weights
+from training.teacher import TEACHER_DIM, Teacher
 
 IDENTITIES = [f"person{i:02d}" for i in range(12)]
 
@@ -43,24 +44,22 @@ def test_subset_is_nested() -> None:
     assert set(distill.subset(rows, 0.25, 1)) <= set(half)
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+def write_tiny_data(root: Path, size: int) -> tuple[Path, Path, Path]:
     """A crop cache (12 people x 3 crops + 10 unlabeled) under a data root, and teacher labels for it.
 
     Each person's teacher vector is one random direction plus noise; the unlabeled photos get
     their own; one unlabeled photo has no label (the teacher found no face).
     """
-    root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
     crops, rows, vectors = [], [], []
     centres = {i: rng.normal(size=TEACHER_DIM) for i in IDENTITIES}
     for identity in IDENTITIES:
         for k in range(3):
-            crops.append(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+            crops.append(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
             rows.append((f"faces/{identity}/{k}.jpg", identity, "faces"))
             vectors.append(centres[identity] + 0.3 * rng.normal(size=TEACHER_DIM))
     for k in range(10):
-        crops.append(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+        crops.append(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
         rows.append((f"unlabeled/{k}.jpg", "", "unlabeled"))
         vectors.append(rng.normal(size=TEACHER_DIM))
     cache = root / "crops"
@@ -83,6 +82,17 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
         failed_reasons=np.array(["no_face"]),
     )
     return root, cache, root / "labels"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    return write_tiny_data(tmp_path_factory.mktemp("data"), 64)
+
+
+@pytest.fixture(scope="module")
+def tiny_data_112(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The same at the teacher's crop size, for online teaching."""
+    return write_tiny_data(tmp_path_factory.mktemp("data112"), 112)
 
 
 def run_args(data: tuple[Path, Path, Path], out: Path, loss: str, steps: int, *extra: str) -> list[str]:
@@ -157,3 +167,56 @@ def test_unlabeled_fraction_zero_uses_no_unlabeled_photo(tiny_data: tuple[Path, 
     out = tmp_path / "none"
     distill.distill(distill.parse_args(run_args(tiny_data, out, "both", 1, "--unlabeled-fraction", "0")))
     assert json.loads((out / "config.json").read_text())["unlabeled_images"] == 0
+
+
+def test_gdc_pooling_starts_as_average_pooling_from_an_avg_model() -> None:
+    """Weights trained with average pooling carry over to gdc pooling unchanged: the same vectors before any training."""
+    kwargs = {"input_size": 64, "alpha": 0.35, "embedding_size": 16, "backbone_weights": None, "head_activation": None}
+    tf.keras.utils.set_random_seed(0)
+    avg = build_embedder(pooling="avg", **kwargs)
+    gdc = build_embedder(pooling="gdc", **kwargs)
+    assert transfer_weights(avg, gdc) == ["gdc"]
+    # 64 px -> a 2x2 last feature map: every weight 1/4.
+    np.testing.assert_allclose(gdc.get_layer("gdc").get_weights()[0], 0.25)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(gdc(x, training=False)), np.asarray(avg(x, training=False)), atol=1e-5)
+    # A model that differs elsewhere is refused, not half copied.
+    with pytest.raises(ValueError, match="embedding_dense"):
+        transfer_weights(avg, build_embedder(pooling="gdc", **{**kwargs, "embedding_size": 8}))
+
+
+def test_online_teaching_labels_the_augmented_crops(tiny_data_112: tuple[Path, Path, Path], fake_teacher: Path, tmp_path: Path) -> None:
+    """The last crops of a batch are labelled by the teacher as augmented; the others keep the cached labels."""
+    args = distill.parse_args(run_args(tiny_data_112, tmp_path / "run", "distill", 1))
+    data = distill.load_data(args, tmp_path)
+    batches = distill.Batches(data, "distill", 8, seed=0, start_step=0)
+    teacher = Teacher(fake_teacher)
+    images, targets, weights = next(distill.batch_stream(data, batches, seed=0, teacher=teacher, online=3))
+    assert images.shape == (8, 112, 112, 3) and np.all(weights == 1.0)
+    np.testing.assert_allclose(targets[5:], teacher.embed_views(images[5:]), atol=1e-5)
+    cached = data.teacher[data.has_teacher]
+    for target in targets[:5]:
+        assert np.min(np.abs(cached - target).max(axis=1)) == 0.0  # a cached row, untouched
+    for target in targets[5:]:
+        assert np.min(np.abs(cached - target).max(axis=1)) > 1e-3  # not a cached row
+
+
+def test_cli_trains_gdc_with_online_teaching_from_an_avg_run(
+    tiny_data_112: tuple[Path, Path, Path], fake_teacher: Path, tmp_path: Path
+) -> None:
+    first = distill.distill(distill.parse_args(run_args(tiny_data_112, tmp_path / "avg", "distill", 1)))
+    out = tmp_path / "gdc"
+    extra = ("--pooling", "gdc", "--init-from", str(first), "--teach-online", "0.5", "--teacher", str(fake_teacher))
+    final = distill.distill(distill.parse_args(run_args(tiny_data_112, out, "distill", 2, *extra)))
+    import keras
+
+    model = keras.models.load_model(final, compile=False)
+    gdc = model.get_layer("gdc")
+    # 112 px -> a 4x4 last feature map; trained, so no longer the plain average it started as.
+    assert gdc.get_weights()[0].shape == (4, 4, gdc.input.shape[-1], 1)
+    assert not np.allclose(gdc.get_weights()[0], 1 / 16)
+    config = json.loads((out / "config.json").read_text())
+    assert config["pooling"] == "gdc" and config["teach_online"] == 0.5
+    assert [int(r["step"]) for r in csv.DictReader((out / "progress.csv").open())] == [1, 2]
+    with pytest.raises(SystemExit):
+        distill.parse_args(run_args(tiny_data_112, out, "distill", 2, "--teach-online", "1.5"))

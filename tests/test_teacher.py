@@ -10,29 +10,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
 from training import teacher as teacher_mod
-
-
-@pytest.fixture(scope="module")
-def fake_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight model with the teacher's contract: (2, 112, 112, 3) -> (2, 192)."""
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(0)
-    pixels = keras.Input((112, 112, 3))
-    x = keras.layers.Conv2D(8, 5, strides=4, activation="relu")(pixels)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(pixels, keras.layers.Dense(teacher_mod.TEACHER_DIM)(x))
-    saved = tmp_path_factory.mktemp("saved")
-    # The real teacher's fixed batch of two (a crop and its mirror) is part of its contract.
-    model.export(str(saved), format="tf_saved_model", input_signature=[tf.TensorSpec((2, 112, 112, 3), tf.float32)], verbose=False)
-    path = tmp_path_factory.mktemp("teacher") / "fake.tflite"
-    path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
-    return path
 
 
 @pytest.fixture()
@@ -65,6 +46,22 @@ def test_embed_one_is_a_mirror_invariant_unit_vector(fake_teacher: Path) -> None
     np.testing.assert_allclose(model.embed_one(crop[:, ::-1]), vector, atol=1e-5)
     with pytest.raises(ValueError, match="112x112x3"):
         model.embed_one(crop[:100])
+
+
+def test_embed_views_labels_each_view_as_it_is(fake_teacher: Path) -> None:
+    """Online labels: one unit vector per view, no mirror summed, the same whichever view shares the batch of two."""
+    model = teacher_mod.Teacher(fake_teacher)
+    views = np.random.default_rng(1).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    vectors = model.embed_views(views)
+    assert vectors.shape == (3, teacher_mod.TEACHER_DIM)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # The odd view out is padded, not dropped; its vector does not depend on its batch-mate.
+    np.testing.assert_allclose(model.embed_views(views[2:]), vectors[2:], atol=1e-5)
+    np.testing.assert_allclose(model.embed_views(views[[1, 0]]), vectors[[1, 0]], atol=1e-5)
+    # A flipped view is its own input: its label is not the mirror-summed one.
+    assert not np.allclose(model.embed_views(views[:1, :, ::-1]), vectors[:1], atol=1e-3)
+    with pytest.raises(ValueError, match="112, 112, 3"):
+        model.embed_views(views[:, :100])
 
 
 def test_label_cache_is_keyed_resumable_and_lists_failures(fake_teacher: Path, photo_root: Path, tmp_path: Path) -> None:

@@ -183,3 +183,29 @@ def rows_by_identity(identities: Sequence[str] | np.ndarray) -> dict[str, list[i
     for row, identity in enumerate(identities):
         grouped[str(identity)].append(row)
     return dict(grouped)
+
+
+def teaching_augmentation(seed: int | None = None) -> A.Compose:
+    """Stronger changes for crops the teacher labels online (consistent teaching).
+
+    Where ``door_augmentation`` must stay mild because the target is the teacher's vector of the
+    clean photo, a crop labelled by the teacher *after* augmentation can change more: the
+    target follows the pixels. Larger shifts, scale and rotation; colour, blur, sensor noise,
+    JPEG and low resolution (door cameras); a patch hidden (a hand, a scarf, glasses). Each is a
+    new input for the student, where a cached label makes every pass over a photo a repeat.
+    """
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(translate_percent=(-0.08, 0.08), scale=(0.9, 1.1), rotate=(-12, 12), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.8),
+            A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=0.8),
+            A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=25, val_shift_limit=10, p=0.3),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.2),
+            A.GaussNoise(std_range=(0.01, 0.04), p=0.2),
+            A.ImageCompression(quality_range=(30, 85), p=0.25),
+            A.Downscale(scale_range=(0.3, 0.7), p=0.25),
+            A.ToGray(p=0.1),
+            A.CoarseDropout(num_holes_range=(1, 2), hole_height_range=(0.1, 0.3), hole_width_range=(0.1, 0.3), p=0.2),
+        ],
+        seed=seed,
+    )

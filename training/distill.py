@@ -11,6 +11,12 @@ Every step takes one batch of ``--batch`` aligned crops and minimises, by ``--lo
 - ``both``: a pair batch of ``batch / 4`` identities plus ``batch / 2`` unlabeled crops, with the
   distillation loss on every crop and ``--pair-weight`` times the pair loss on the pair batch.
 
+With ``--teach-online F`` a share F of every batch is *taught consistently*: those crops get
+the stronger ``teaching_augmentation`` and their target is the teacher's vector of the augmented
+crop itself, computed during training (``Teacher.embed_views``), instead of the cached vector of
+the clean photo; the rest keep ``door_augmentation`` and the cached labels. Every pass over a
+photo then brings new inputs with exact targets, where cached labels make it a repeat.
+
 Identities are split as ``training.train`` splits them (hash of seed and identity, so the
 held-out people never move); a further ``--dev-fraction`` of the training identities is kept
 out of training to follow progress (``history.csv``: distance to the teacher and verification
@@ -38,13 +44,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.data import PairBatches, door_augmentation, pair_mask, rows_by_identity, split_identities
+from training.data import PairBatches, door_augmentation, pair_mask, rows_by_identity, split_identities, teaching_augmentation
 from training.datasets import UNLABELED
 from training.eval.metrics import best_threshold
 from training.losses import pair_loss
-from training.model import DEFAULT_WEIGHTS, build_embedder, recalibrate_batchnorm
+from training.model import DEFAULT_WEIGHTS, POOLINGS, build_embedder, recalibrate_batchnorm, transfer_weights
 from training.prepare import CropCache
-from training.teacher import load_labels
+from training.teacher import DEFAULT_TEACHER, Teacher, load_labels
 
 LOSSES = ("both", "distill", "pair")
 
@@ -130,12 +136,26 @@ class Batches:
         return np.concatenate([rows, self.rng.choice(self.pool, size=self.batch - len(rows), replace=False)])
 
 
-def batch_stream(data: DistillData, batches: Batches, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def batch_stream(
+    data: DistillData, batches: Batches, seed: int, teacher: Teacher | None = None, online: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Augmented crops, targets and target weights; with a teacher, the last ``online`` crops are labelled as augmented."""
     aug = door_augmentation(seed)
+    strong = teaching_augmentation(seed + 1)
+    if online and teacher is None:
+        raise ValueError("online teaching needs a teacher")
     while True:
         rows = next(batches)
-        images = np.stack([aug(image=np.asarray(data.crops[r]))["image"] for r in rows]).astype(np.float32)
-        yield images, data.teacher[rows], data.has_teacher[rows].astype(np.float32)
+        cut = len(rows) - online
+        mild = [aug(image=np.asarray(data.crops[r]))["image"] for r in rows[:cut]]
+        taught = [strong(image=np.asarray(data.crops[r]))["image"] for r in rows[cut:]]
+        images = np.stack(mild + taught)
+        targets, weights = data.teacher[rows].copy(), data.has_teacher[rows].astype(np.float32)
+        if online:
+            assert teacher is not None
+            targets[cut:] = teacher.embed_views(images[cut:])
+            weights[cut:] = 1.0
+        yield images.astype(np.float32), targets, weights
 
 
 def verification_accuracy(vectors: np.ndarray, owners: np.ndarray, seed: int = 0) -> float:
@@ -209,7 +229,7 @@ def distill(args: argparse.Namespace) -> Path:
         previous = json.loads(config_path.read_text())
         changed = {
             k
-            for k in ("loss", "batch", "steps", "trainable_from", "unlabeled_fraction", "pair_weight", "lr")
+            for k in ("loss", "batch", "steps", "trainable_from", "unlabeled_fraction", "pair_weight", "lr", "pooling", "teach_online")
             if previous.get(k) != config.get(k)
         }
         if changed:
@@ -248,16 +268,19 @@ def distill(args: argparse.Namespace) -> Path:
         checkpoint.restore(manager.latest_checkpoint).expect_partial()
         print(f"resuming {out} at step {int(step.numpy())} of {args.steps}", flush=True)
     elif args.init_from:
-        # Continue a finished run with a fresh schedule (e.g. more steps, or more blocks trained).
-        model.set_weights(keras.models.load_model(args.init_from, compile=False).get_weights())
-        print(f"started from the weights of {args.init_from}", flush=True)
+        # Continue a finished run with a fresh schedule (e.g. more steps, more blocks trained, or gdc pooling).
+        fresh = transfer_weights(keras.models.load_model(args.init_from, compile=False), model)
+        note = f"; new layers at their initial values: {fresh}" if fresh else ""
+        print(f"started from the weights of {args.init_from}{note}", flush=True)
     elif not args.no_pretrained:
         sample = data.train_rows[np.random.default_rng(args.seed).permutation(len(data.train_rows))[: args.recalibrate_images]]
         layers = recalibrate_batchnorm(model, np.asarray(data.crops[np.sort(sample)], dtype=np.float32))
         print(f"recalibrated {layers} BatchNorm layers on {len(sample)} face crops", flush=True)
 
     batches = Batches(data, args.loss, args.batch, args.seed, int(step.numpy()))
-    stream = batch_stream(data, batches, args.seed + int(step.numpy()))
+    online = round(args.teach_online * (args.batch - 2 * batches.pair_bs))
+    teacher = Teacher(args.teacher, num_threads=args.teacher_threads) if online else None
+    stream = batch_stream(data, batches, args.seed + int(step.numpy()), teacher, online)
     dataset = tf.data.Dataset.from_generator(
         lambda: stream,
         output_signature=(
@@ -344,12 +367,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--pair-weight", type=float, default=0.5, help="weight of the pair loss with --loss both")
     p.add_argument("--trainable-from", default="block_6", help="first trained block (block_N, a stage start) or 'all'")
-    p.add_argument("--pooling", choices=["max", "avg"], default="avg")
+    p.add_argument("--pooling", choices=POOLINGS, default="avg", help="gdc: a learned weight per channel and position (starts as avg)")
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--no-pretrained", action="store_true")
     p.add_argument("--recalibrate-images", type=int, default=512)
     p.add_argument("--init-from", type=Path, default=None, help="start from this saved student (.keras) instead of ImageNet")
+    p.add_argument(
+        "--teach-online", type=float, default=0.0, help="share of each batch (outside the pair batch) labelled by the teacher as augmented"
+    )
+    p.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER, help="teacher model for --teach-online")
+    p.add_argument("--teacher-threads", type=int, default=2)
     p.add_argument("--unlabeled-fraction", type=float, default=1.0, help="share of the unlabeled photos used (learning curves)")
     p.add_argument("--max-train-identities", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out identities (as training.train)")
@@ -364,6 +392,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.batch % 4:
         p.error("--batch must be a multiple of 4")
+    if not 0.0 <= args.teach_online <= 1.0:
+        p.error("--teach-online is a share between 0 and 1")
     return args
 
 

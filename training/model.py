@@ -11,7 +11,7 @@ TFLite file and the Keras model see exactly what the aligner produces.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import keras
 import numpy as np
@@ -21,6 +21,8 @@ from app.core.config import SHARED_DIR
 DEFAULT_WEIGHTS = SHARED_DIR / "weights" / "mobilenet_v2_1.0_no_top.weights.h5"
 TrainableMode = Literal["frozen", "partial", "full"]
 BatchNormMode = Literal["frozen", "train"]
+Pooling = Literal["max", "avg", "gdc"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 
 def build_embedder(
@@ -32,12 +34,17 @@ def build_embedder(
     trainable_from: str = "block_13",
     batchnorm: BatchNormMode = "frozen",
     head_activation: str | None = "relu",
-    pooling: Literal["max", "avg"] = "max",
+    pooling: Pooling = "max",
 ) -> keras.Model:
     """Build the embedder.
 
     ``head_activation``: ``"relu"`` (the method's head) or None (a linear head, for distillation).
-    ``pooling``: global ``max`` (the method's) or ``avg`` pooling of the last feature map.
+    ``pooling``: global ``max`` (the method's) or ``avg`` pooling of the last feature map, or
+    ``gdc``: a global depthwise convolution (MobileFaceNet's "GDConv"), one learned weight per
+    channel and position of the last feature map (4x4 at 112 px), so the embedding can weigh
+    the eyes differently from the chin where average pooling mixes every position alike. It
+    starts as exactly average pooling (every weight 1/positions), so weights trained with
+    ``avg`` carry over unchanged (``transfer_weights``).
 
     ``trainable``: ``frozen`` trains the head only; ``partial`` trains from the block named by
     ``trainable_from`` upward; ``full`` trains every convolution.
@@ -53,16 +60,28 @@ def build_embedder(
         raise ValueError(f"trainable must be frozen, partial or full, got {trainable!r}")
     if backbone_weights is not None and alpha != 1.0:
         raise ValueError("the shipped ImageNet weights are for alpha 1.0; pass backbone_weights=None for other widths")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if backbone_weights is not None and not Path(backbone_weights).exists():
         raise FileNotFoundError(f"backbone weights not found at {backbone_weights}: see ../shared/weights/")
     inputs = keras.Input((input_size, input_size, 3), name="pixels")
     scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
     backbone = keras.applications.MobileNetV2(
-        input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False, weights=None, pooling=pooling
+        input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False, weights=None, pooling=None if pooling == "gdc" else pooling
     )
     if backbone_weights is not None:
         backbone.load_weights(str(backbone_weights))
     features = backbone(scaled)
+    if pooling == "gdc":
+        height, width = int(features.shape[1]), int(features.shape[2])
+        features = keras.layers.DepthwiseConv2D(
+            (height, width),
+            padding="valid",
+            use_bias=False,
+            depthwise_initializer=keras.initializers.Constant(1.0 / (height * width)),
+            name="gdc",
+        )(features)
+        features = keras.layers.Flatten(name="gdc_flat")(features)
     dense = keras.layers.Dense(embedding_size, activation=head_activation, name="embedding_dense")(features)
     outputs = keras.layers.UnitNormalization(axis=-1, name="l2_normalise")(dense)
     model = keras.Model(inputs, outputs, name=f"facegate_mobilenetv2_{alpha}_{input_size}_{embedding_size}")
@@ -72,6 +91,29 @@ def build_embedder(
 
 def backbone_of(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def transfer_weights(source: keras.Model, target: keras.Model) -> list[str]:
+    """Copy ``source``'s weights into ``target`` layer by layer (by name, the backbone by position).
+
+    Every layer of ``source`` with weights must find a layer of the same name and weight shapes
+    in ``target``; the target's layers left untouched (e.g. a new ``gdc`` pooling, which starts
+    as average pooling) are returned by name. Raises when the two models disagree elsewhere.
+    """
+    touched: set[str] = set()
+    src_backbone, dst_backbone = backbone_of(source), backbone_of(target)
+    src_layers = [(layer.name, layer) for layer in source.layers if layer is not src_backbone]
+    dst_by_name = {layer.name: layer for layer in target.layers if layer is not dst_backbone}
+    pairs = [(src_backbone, dst_backbone)] + [(layer, dst_by_name.get(name)) for name, layer in src_layers if layer.weights]
+    for src, dst in pairs:
+        if dst is None:
+            raise ValueError(f"layer {src.name} of the source has no counterpart in the target")
+        src_w, dst_w = src.get_weights(), dst.get_weights()
+        if [w.shape for w in src_w] != [w.shape for w in dst_w]:
+            raise ValueError(f"layer {src.name}: weight shapes {[w.shape for w in src_w]} vs {[w.shape for w in dst_w]}")
+        dst.set_weights(src_w)
+        touched.add(dst.name)
+    return [layer.name for layer in target.layers if layer.weights and layer.name not in touched]
 
 
 def set_trainable(model: keras.Model, mode: TrainableMode, trainable_from: str = "block_13", batchnorm: BatchNormMode = "frozen") -> None:
@@ -100,16 +142,16 @@ def split_at(model: keras.Model, trainable_from: str) -> tuple[keras.Model, kera
     The top shares its layers with ``model``: training it trains the full embedder. Used to
     cache the frozen trunk's outputs so a CPU only runs the trainable part each step.
     Only blocks without a skip connection across the cut are valid cut points (a stride-2
-    block or the first block of a stage, e.g. block_13 or block_6), or ``head``: the pooled
-    backbone output, for training the head alone.
+    block or the first block of a stage, e.g. block_13 or block_6), or ``head``: the backbone's
+    output (pooled, or the last feature map for ``gdc``), for training the head alone.
     """
     if trainable_from == "head":
-        # Everything below the head is frozen: the trunk is the whole pooled backbone.
+        # Everything below the head is frozen: the trunk is the whole backbone.
         backbone = backbone_of(model)
         pixels = keras.Input(model.input.shape[1:], name="pixels")
         trunk = keras.Model(pixels, backbone(model.get_layer("to_unit_range")(pixels)), name="trunk")
         features_in = keras.Input(backbone.output.shape[1:], name="trunk_features")
-        top = keras.Model(features_in, model.get_layer("l2_normalise")(model.get_layer("embedding_dense")(features_in)), name="top")
+        top = keras.Model(features_in, _head(model, features_in), name="top")
         return trunk, top
     backbone = backbone_of(model)
     cut = backbone.get_layer(f"{trainable_from}_expand").input
@@ -127,11 +169,18 @@ def split_at(model: keras.Model, trainable_from: str) -> tuple[keras.Model, kera
         args = [tensors.get(t._keras_history.operation.name, x) for t in inbound]
         out = layer(args if len(args) > 1 else args[0])
         tensors[layer.name] = out
-    x = out
-    x = model.get_layer("embedding_dense")(x)
-    x = model.get_layer("l2_normalise")(x)
-    top = keras.Model(features_in, x, name="top")
+    top = keras.Model(features_in, _head(model, out), name="top")
     return trunk, top
+
+
+def _head(model: keras.Model, features: object) -> object:
+    """The layers above the backbone (pooling when it is ``gdc``, the dense head, normalisation) applied to ``features``."""
+    x = features
+    names = {layer.name for layer in model.layers}
+    for name in ("gdc", "gdc_flat", "embedding_dense", "l2_normalise"):
+        if name in names:
+            x = model.get_layer(name)(x)
+    return x
 
 
 def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, batch: int = 64) -> int:

@@ -105,6 +105,27 @@ class Teacher:
         summed = self._interpreter.get_tensor(self._output["index"]).sum(axis=0)
         return (summed / max(float(np.linalg.norm(summed)), 1e-12)).astype(np.float32)
 
+    def embed_views(self, crops: np.ndarray) -> np.ndarray:
+        """Each crop exactly as given (no mirror), two per call of the fixed batch: the online labels of augmented views.
+
+        Half the cost of ``embed``; a flipped view is its own input here, so its label is the
+        teacher's vector for the very pixels the student sees.
+        """
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.shape[1:] != (112, 112, 3):
+            raise ValueError(f"teacher crops are (n, 112, 112, 3), got {crops.shape}")
+        out = np.empty((len(crops), TEACHER_DIM), dtype=np.float32)
+        for start in range(0, len(crops), 2):
+            pair = crops[start : start + 2].astype(np.float32)
+            if len(pair) == 1:
+                pair = np.concatenate([pair, pair])
+            self._interpreter.set_tensor(self._input["index"], (pair - 127.5) / 128.0)
+            self._interpreter.invoke()
+            vectors = self._interpreter.get_tensor(self._output["index"])[: len(crops) - start]
+            out[start : start + len(vectors)] = vectors
+        norms = np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return (out / norms).astype(np.float32)
+
     def embed(self, crops: np.ndarray) -> np.ndarray:
         out = np.empty((len(crops), TEACHER_DIM), dtype=np.float32)
         for i, crop in enumerate(crops):
