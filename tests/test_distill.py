@@ -29,6 +29,22 @@ def test_distill_loss_on_hand_worked_vectors() -> None:
     assert float(distill.distill_loss(s, t, tf.zeros(4))) == 0.0
 
 
+def test_relation_loss_on_hand_worked_vectors() -> None:
+    """Three rows; the student's pair cosines are (0, 0, 1) where the teacher's are (1, 0, 0)."""
+    s = tf.constant([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    t = tf.constant([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # Pairs (0,1), (0,2), (1,2): squared differences 1, 0, 1; the diagonal never counts.
+    assert float(distill.relation_loss(s, t, tf.ones(3))) == pytest.approx(2 / 3)
+    # Identical geometry costs nothing, whatever the rotation between the two spaces.
+    rotated = tf.constant([[0.0, 1.0], [0.0, 1.0], [-1.0, 0.0]])
+    assert float(distill.relation_loss(rotated, t, tf.ones(3))) == pytest.approx(0.0)
+    # A row without a teacher label leaves only the pairs of the others: (0, 2) -> 0.
+    assert float(distill.relation_loss(s, t, tf.constant([1.0, 0.0, 1.0]))) == pytest.approx(0.0)
+    assert float(distill.relation_loss(s, t, tf.constant([1.0, 1.0, 0.0]))) == pytest.approx(1.0)
+    # Fewer than two labelled rows: no pair, 0 rather than NaN.
+    assert float(distill.relation_loss(s, t, tf.constant([0.0, 1.0, 0.0]))) == 0.0
+
+
 def test_verification_accuracy_is_exact_on_separable_and_chance_on_identical_vectors() -> None:
     owners = np.repeat(np.arange(6), 3)
     separable = np.eye(6)[owners].astype(np.float32)
@@ -147,6 +163,24 @@ def test_resumes_from_the_checkpoint(tiny_data: tuple[Path, Path, Path], tmp_pat
     # A continued run is drawn after the images its starting point had seen.
     [shifted] = report.main(["--run", f"{out}=continued@100", "--out", str(tmp_path / "shifted")])
     assert shifted["images_seen"] == 132 and [p[0] for p in shifted["curve"]] == [116, 132]
+
+
+def test_relation_weight_trains_logs_and_is_part_of_the_run(tiny_data: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "relation"
+    args = run_args(tiny_data, out, "distill", 2, "--relation-weight", "2", "--stop-after", "1")
+    distill.distill(distill.parse_args(args))
+    progress = list(csv.DictReader((out / "progress.csv").open()))
+    relation = float(progress[0]["relation"])
+    assert relation > 0.0 and float(progress[0]["loss"]) == pytest.approx(float(progress[0]["distill"]) + 2 * relation, rel=1e-4)
+    with pytest.raises(ValueError, match="relation_weight"):
+        distill.distill(distill.parse_args(run_args(tiny_data, out, "distill", 2)))
+    # A run directory written before the setting existed ran without it, and still resumes.
+    config = json.loads((out / "config.json").read_text())
+    del config["relation_weight"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert distill.distill(distill.parse_args(run_args(tiny_data, out, "distill", 2))).name == "final.keras"
+    with pytest.raises(SystemExit):
+        distill.parse_args(run_args(tiny_data, out, "distill", 2, "--relation-weight", "-1"))
 
 
 def test_init_from_continues_a_finished_run(tiny_data: tuple[Path, Path, Path], tmp_path: Path) -> None:

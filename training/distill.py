@@ -11,6 +11,9 @@ Every step takes one batch of ``--batch`` aligned crops and minimises, by ``--lo
 - ``both``: a pair batch of ``batch / 4`` identities plus ``batch / 2`` unlabeled crops, with the
   distillation loss on every crop and ``--pair-weight`` times the pair loss on the pair batch.
 
+``--relation-weight W`` adds W times :func:`relation_loss`, the batch's cosine matrix matched to
+the teacher's, to any of them.
+
 With ``--teach-online F`` a share F of every batch is *taught consistently*: those crops get
 the stronger ``teaching_augmentation`` and their target is the teacher's vector of the augmented
 crop itself, computed during training (``Teacher.embed_views``), instead of the cached vector of
@@ -53,12 +56,29 @@ from training.prepare import CropCache
 from training.teacher import DEFAULT_TEACHER, Teacher, load_labels
 
 LOSSES = ("both", "distill", "pair")
+# Settings added after runs were made: a run directory without them ran at these values.
+LATER_SETTINGS = {"relation_weight": 0.0}
 
 
 def distill_loss(student: tf.Tensor, teacher: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
     """Weighted mean cosine distance ``1 - s.t`` between unit vectors; rows of weight 0 count for nothing."""
     cosine = tf.reduce_sum(student * teacher, axis=-1)
     return tf.reduce_sum((1.0 - cosine) * weight) / tf.maximum(tf.reduce_sum(weight), 1.0)
+
+
+def relation_loss(student: tf.Tensor, teacher: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+    """Mean squared difference between the student's and the teacher's cosine for every pair of rows in the batch.
+
+    It matches the batch's similarity matrices (relational distillation) on the pairs ``i < j``
+    whose rows both carry a teacher label. The student is judged on the distances a door uses,
+    not on its vectors, so it spends its capacity on the strangers' similarity tail that sets the
+    false accepts, which a per-row cosine to the teacher weighs no more than any other direction.
+    """
+    student_gram = tf.matmul(student, student, transpose_b=True)
+    teacher_gram = tf.matmul(teacher, teacher, transpose_b=True)
+    upper = tf.linalg.band_part(tf.ones_like(student_gram), 0, -1) - tf.linalg.band_part(tf.ones_like(student_gram), 0, 0)
+    pairs = upper * weight[:, None] * weight[None, :]
+    return tf.reduce_sum(tf.square(student_gram - teacher_gram) * pairs) / tf.maximum(tf.reduce_sum(pairs), 1.0)
 
 
 @dataclass
@@ -229,8 +249,19 @@ def distill(args: argparse.Namespace) -> Path:
         previous = json.loads(config_path.read_text())
         changed = {
             k
-            for k in ("loss", "batch", "steps", "trainable_from", "unlabeled_fraction", "pair_weight", "lr", "pooling", "teach_online")
-            if previous.get(k) != config.get(k)
+            for k in (
+                "loss",
+                "batch",
+                "steps",
+                "trainable_from",
+                "unlabeled_fraction",
+                "pair_weight",
+                "relation_weight",
+                "lr",
+                "pooling",
+                "teach_online",
+            )
+            if previous.get(k, LATER_SETTINGS.get(k)) != config.get(k)
         }
         if changed:
             raise ValueError(f"{out} holds a run with other settings ({sorted(changed)}): use a new --out")
@@ -300,10 +331,11 @@ def distill(args: argparse.Namespace) -> Path:
             s = model(x, training=True)
             d = distill_loss(s, t, has_t)
             p = tf.reduce_mean(pair_loss(mask, s[:pair_rows])) if pair_rows else tf.constant(0.0)
-            loss = distill_weight * d + pair_weight * p
+            r = relation_loss(s, t, has_t) if args.relation_weight else tf.constant(0.0)
+            loss = distill_weight * d + pair_weight * p + args.relation_weight * r
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return {"loss": loss, "distill": d, "pair": p}
+        return {"loss": loss, "distill": d, "pair": p, **({"relation": r} if args.relation_weight else {})}
 
     dev = DevSet.build(data, args.dev_images, args.seed)
     best_path = out / "best.json"
@@ -366,6 +398,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--pair-weight", type=float, default=0.5, help="weight of the pair loss with --loss both")
+    p.add_argument("--relation-weight", type=float, default=0.0, help="weight of the relational loss (batch cosine matrices)")
     p.add_argument("--trainable-from", default="block_6", help="first trained block (block_N, a stage start) or 'all'")
     p.add_argument("--pooling", choices=POOLINGS, default="avg", help="gdc: a learned weight per channel and position (starts as avg)")
     p.add_argument("--alpha", type=float, default=1.0)
@@ -394,6 +427,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--batch must be a multiple of 4")
     if not 0.0 <= args.teach_online <= 1.0:
         p.error("--teach-online is a share between 0 and 1")
+    if args.relation_weight < 0.0:
+        p.error("--relation-weight cannot be negative")
     return args
 
 
