@@ -70,9 +70,9 @@ def relation_loss(student: tf.Tensor, teacher: tf.Tensor, weight: tf.Tensor) -> 
     """Mean squared difference between the student's and the teacher's cosine for every pair of rows in the batch.
 
     It matches the batch's similarity matrices (relational distillation) on the pairs ``i < j``
-    whose rows both carry a teacher label. The student is judged on the distances a door uses,
-    not on its vectors, so it spends its capacity on the strangers' similarity tail that sets the
-    false accepts, which a per-row cosine to the teacher weighs no more than any other direction.
+    whose rows both carry a teacher label: the student is trained on the cosines a door compares,
+    whatever the rotation between its space and the teacher's, where :func:`distill_loss` asks
+    for the teacher's vectors themselves.
     """
     student_gram = tf.matmul(student, student, transpose_b=True)
     teacher_gram = tf.matmul(teacher, teacher, transpose_b=True)
