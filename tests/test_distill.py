@@ -179,6 +179,9 @@ def test_relation_weight_trains_logs_and_is_part_of_the_run(tiny_data: tuple[Pat
     del config["relation_weight"]
     (out / "config.json").write_text(json.dumps(config))
     assert distill.distill(distill.parse_args(run_args(tiny_data, out, "distill", 2))).name == "final.keras"
+    # The progress log keeps its columns: the resumed step's row sits under the same header.
+    rows = list(csv.DictReader((out / "progress.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2] and rows[1]["relation"] == "" and float(rows[1]["distill"]) > 0.0
     with pytest.raises(SystemExit):
         distill.parse_args(run_args(tiny_data, out, "distill", 2, "--relation-weight", "-1"))
 

@@ -232,10 +232,14 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
+    """Append ``row`` under the file's own header (a run resumed by other code keeps its columns aligned)."""
+    header = None
+    if path.exists() and path.stat().st_size:
+        with path.open(newline="") as handle:
+            header = next(csv.reader(handle), None)
     with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
+        writer = csv.DictWriter(handle, fieldnames=header or list(row), restval="", extrasaction="ignore")
+        if header is None:
             writer.writeheader()
         writer.writerow(row)
 
