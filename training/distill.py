@@ -76,8 +76,9 @@ def relation_loss(student: tf.Tensor, teacher: tf.Tensor, weight: tf.Tensor) -> 
     """
     student_gram = tf.matmul(student, student, transpose_b=True)
     teacher_gram = tf.matmul(teacher, teacher, transpose_b=True)
-    upper = tf.linalg.band_part(tf.ones_like(student_gram), 0, -1) - tf.linalg.band_part(tf.ones_like(student_gram), 0, 0)
-    pairs = upper * weight[:, None] * weight[None, :]
+    # Both grams are symmetric: every pair counted as (i, j) and (j, i) leaves the mean as over i < j.
+    off_diagonal = 1.0 - tf.eye(tf.shape(student_gram)[0])
+    pairs = off_diagonal * weight[:, None] * weight[None, :]
     return tf.reduce_sum(tf.square(student_gram - teacher_gram) * pairs) / tf.maximum(tf.reduce_sum(pairs), 1.0)
 
 
