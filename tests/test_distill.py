@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from training import distill, report
-from training.model import build_embedder, transfer_weights
+from training.model import build_embedder, output_stride_of, spread_gdc, transfer_weights
 from training.teacher import TEACHER_DIM, Teacher
 
 IDENTITIES = [f"person{i:02d}" for i in range(12)]
@@ -222,6 +222,40 @@ def test_gdc_pooling_starts_as_average_pooling_from_an_avg_model() -> None:
         transfer_weights(avg, build_embedder(pooling="gdc", **{**kwargs, "embedding_size": 8}))
 
 
+@pytest.mark.parametrize(("size", "coarse", "fine"), [(112, 4, 7), (64, 2, 4)])
+def test_output_stride_16_computes_what_the_stride_32_model_did(size: int, coarse: int, fine: int) -> None:
+    """A trained gdc model moved onto the dense tail gives the same vectors before any training.
+
+    112 px: block_13 sees 7x7, the strided map is 4x4 and the dense one 7x7 (the old positions
+    are the even ones); 64 px: 4x4 input, 2x2 -> 4x4 (the odd ones).
+    """
+    kwargs = {"input_size": size, "alpha": 0.35, "embedding_size": 16, "backbone_weights": None, "head_activation": None, "pooling": "gdc"}
+    tf.keras.utils.set_random_seed(1)
+    coarse_model = build_embedder(**kwargs)
+    gdc = coarse_model.get_layer("gdc")
+    kernel = np.random.default_rng(2).uniform(0.0, 0.5, gdc.get_weights()[0].shape).astype(np.float32)
+    gdc.set_weights([kernel])
+    dense_model = build_embedder(output_stride=16, **kwargs)
+    assert (output_stride_of(coarse_model), output_stride_of(dense_model)) == (32, 16)
+    assert coarse_model.get_layer("gdc").input.shape[1:3] == (coarse, coarse)
+    assert dense_model.get_layer("gdc").input.shape[1:3] == (fine, fine)
+    assert transfer_weights(coarse_model, dense_model) == []
+    spread = dense_model.get_layer("gdc").get_weights()[0]
+    assert np.count_nonzero(spread) == kernel.size and spread.sum() == pytest.approx(kernel.sum(), rel=1e-5)
+    x = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(dense_model(x, training=False)), np.asarray(coarse_model(x, training=False)), atol=1e-5)
+
+
+def test_spread_gdc_places_the_kernel_and_refuses_other_sizes() -> None:
+    kernel = np.arange(4, dtype=np.float32).reshape(2, 2, 1, 1) + 1
+    odd = spread_gdc(kernel, (3, 3))[..., 0, 0]
+    np.testing.assert_array_equal(odd, [[1, 0, 2], [0, 0, 0], [3, 0, 4]])
+    even = spread_gdc(kernel, (4, 4))[..., 0, 0]
+    np.testing.assert_array_equal(even, [[0, 0, 0, 0], [0, 1, 0, 2], [0, 0, 0, 0], [0, 3, 0, 4]])
+    with pytest.raises(ValueError, match="does not spread"):
+        spread_gdc(kernel, (5, 5))
+
+
 def test_online_teaching_labels_the_augmented_crops(tiny_data_112: tuple[Path, Path, Path], fake_teacher: Path, tmp_path: Path) -> None:
     """The last crops of a batch are labelled by the teacher as augmented; the others keep the cached labels."""
     args = distill.parse_args(run_args(tiny_data_112, tmp_path / "run", "distill", 1))
@@ -257,3 +291,22 @@ def test_cli_trains_gdc_with_online_teaching_from_an_avg_run(
     assert [int(r["step"]) for r in csv.DictReader((out / "progress.csv").open())] == [1, 2]
     with pytest.raises(SystemExit):
         distill.parse_args(run_args(tiny_data_112, out, "distill", 2, "--teach-online", "1.5"))
+
+
+def test_cli_moves_a_gdc_run_onto_output_stride_16(tiny_data_112: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """--output-stride 16 from a stride-32 gdc run: a 7x7 kernel, recorded in the config; the stride cannot change on resume."""
+    first = distill.distill(distill.parse_args(run_args(tiny_data_112, tmp_path / "coarse", "distill", 1, "--pooling", "gdc")))
+    out = tmp_path / "dense"
+    extra = ("--pooling", "gdc", "--output-stride", "16", "--init-from", str(first), "--lr", "0")
+    final = distill.distill(distill.parse_args(run_args(tiny_data_112, out, "distill", 1, *extra)))
+    import keras
+
+    coarse, dense = (keras.models.load_model(p, compile=False) for p in (first, final))
+    assert output_stride_of(dense) == 16 and dense.get_layer("gdc").get_weights()[0].shape[:2] == (7, 7)
+    # A zero learning rate: the spread kernel is the trained 4x4 one, on the even positions.
+    np.testing.assert_array_equal(dense.get_layer("gdc").get_weights()[0], spread_gdc(coarse.get_layer("gdc").get_weights()[0], (7, 7)))
+    assert json.loads((out / "config.json").read_text())["output_stride"] == 16
+    with pytest.raises(ValueError, match="output_stride"):
+        distill.distill(distill.parse_args(run_args(tiny_data_112, out, "distill", 1, "--pooling", "gdc", "--init-from", str(first))))
+    with pytest.raises(SystemExit):
+        distill.parse_args(run_args(tiny_data_112, out, "distill", 1, "--output-stride", "8"))

@@ -76,6 +76,20 @@ def test_tflite_matches_keras_on_random_inputs(tiny_run: Path, exported: Path) -
     assert export.verify_roundtrip(model, exported / "model.tflite", x) < 1e-4
 
 
+def test_a_dense_tail_model_exports_with_the_same_vectors(tiny_run: Path, tmp_path: Path) -> None:
+    """Output stride 16 (dilated depthwise convolutions) converts to LiteRT and computes what Keras does."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    keras.utils.set_random_seed(1)
+    dense = build_embedder(input_size=64, alpha=0.35, embedding_size=16, backbone_weights=None, pooling="gdc", output_stride=16)
+    dense.save(run / "best.keras")
+    exported = export.export_run(run, tmp_path / "store")
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert manifest["architecture"]["output_stride"] == 16 and manifest["tflite_max_abs_diff"] < 1e-4
+    x = np.random.default_rng(3).uniform(0, 255, size=(4, 64, 64, 3)).astype(np.float32)
+    assert export.verify_roundtrip(dense, exported / "model.tflite", x) < 1e-4
+
+
 def test_manifest_lists_hashes_and_the_model_contract(exported: Path) -> None:
     manifest = json.loads((exported / "manifest.json").read_text())
     assert manifest["format_version"] == 1
@@ -90,6 +104,7 @@ def test_manifest_lists_hashes_and_the_model_contract(exported: Path) -> None:
     assert manifest["input"] == {"size": 64, "channels": 3, "color": "RGB", "dtype": "float32", "range": [0, 255]}
     assert manifest["embedding_size"] == 16
     assert manifest["architecture"]["alpha"] == 0.35
+    assert manifest["architecture"]["output_stride"] == 32
     assert manifest["tflite_max_abs_diff"] < 1e-4
     assert "noise" in manifest["tflite_roundtrip_inputs"]  # the run's cache is absent here
     assert manifest["training"]["history"]["epochs_run"] == 2

@@ -51,13 +51,13 @@ from training.data import PairBatches, door_augmentation, pair_mask, rows_by_ide
 from training.datasets import UNLABELED
 from training.eval.metrics import best_threshold
 from training.losses import pair_loss
-from training.model import DEFAULT_WEIGHTS, POOLINGS, build_embedder, recalibrate_batchnorm, transfer_weights
+from training.model import DEFAULT_WEIGHTS, OUTPUT_STRIDES, POOLINGS, build_embedder, recalibrate_batchnorm, transfer_weights
 from training.prepare import CropCache
 from training.teacher import DEFAULT_TEACHER, Teacher, load_labels
 
 LOSSES = ("both", "distill", "pair")
 # Settings added after runs were made: a run directory without them ran at these values.
-LATER_SETTINGS = {"relation_weight": 0.0}
+LATER_SETTINGS: dict[str, Any] = {"relation_weight": 0.0, "output_stride": 32}
 
 
 def distill_loss(student: tf.Tensor, teacher: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
@@ -264,6 +264,7 @@ def distill(args: argparse.Namespace) -> Path:
                 "relation_weight",
                 "lr",
                 "pooling",
+                "output_stride",
                 "teach_online",
             )
             if previous.get(k, LATER_SETTINGS.get(k)) != config.get(k)
@@ -294,6 +295,7 @@ def distill(args: argparse.Namespace) -> Path:
         batchnorm="train",
         head_activation=None,
         pooling=args.pooling,
+        output_stride=args.output_stride,
         alpha=args.alpha,
     )
     optimizer = keras.optimizers.Adam(WarmupCosine(args.lr, args.warmup, args.steps))
@@ -304,7 +306,7 @@ def distill(args: argparse.Namespace) -> Path:
         checkpoint.restore(manager.latest_checkpoint).expect_partial()
         print(f"resuming {out} at step {int(step.numpy())} of {args.steps}", flush=True)
     elif args.init_from:
-        # Continue a finished run with a fresh schedule (e.g. more steps, more blocks trained, or gdc pooling).
+        # Continue a finished run with a fresh schedule (e.g. more steps, more blocks trained, gdc pooling or output stride 16).
         fresh = transfer_weights(keras.models.load_model(args.init_from, compile=False), model)
         note = f"; new layers at their initial values: {fresh}" if fresh else ""
         print(f"started from the weights of {args.init_from}{note}", flush=True)
@@ -406,6 +408,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--relation-weight", type=float, default=0.0, help="weight of the relational loss (batch cosine matrices)")
     p.add_argument("--trainable-from", default="block_6", help="first trained block (block_N, a stage start) or 'all'")
     p.add_argument("--pooling", choices=POOLINGS, default="avg", help="gdc: a learned weight per channel and position (starts as avg)")
+    p.add_argument(
+        "--output-stride", type=int, choices=OUTPUT_STRIDES, default=32, help="16: no last downsampling, a 7x7 map at 112 px (dense_tail)"
+    )
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--no-pretrained", action="store_true")

@@ -101,6 +101,7 @@ def export_run(
 
     import training.losses  # noqa: F401 - registers the custom objects a saved model may name
     from app.vision.align import ALIGNMENT_VERSION
+    from training.model import output_stride_of
     from training.tflite import to_tflite
 
     run, out = Path(run), Path(out)
@@ -154,6 +155,7 @@ def export_run(
                 "alpha": config.get("alpha"),
                 "input_size": size,
                 "pooling": config.get("pooling", "max"),
+                "output_stride": output_stride_of(model),
                 "head": f"Dense({embedding_size}, linear) + L2 normalisation"
                 if "loss" in config
                 else f"Dense({embedding_size}, relu) + L2 normalisation",

@@ -23,6 +23,9 @@ TrainableMode = Literal["frozen", "partial", "full"]
 BatchNormMode = Literal["frozen", "train"]
 Pooling = Literal["max", "avg", "gdc"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
+OUTPUT_STRIDES = (32, 16)
+# The blocks after MobileNetV2's last downsampling (block_13's depthwise convolution, stride 2).
+_TAIL_DEPTHWISE = ("block_14_depthwise", "block_15_depthwise", "block_16_depthwise")
 
 
 def build_embedder(
@@ -35,6 +38,7 @@ def build_embedder(
     batchnorm: BatchNormMode = "frozen",
     head_activation: str | None = "relu",
     pooling: Pooling = "max",
+    output_stride: int = 32,
 ) -> keras.Model:
     """Build the embedder.
 
@@ -45,6 +49,10 @@ def build_embedder(
     the eyes differently from the chin where average pooling mixes every position alike. It
     starts as exactly average pooling (every weight 1/positions), so weights trained with
     ``avg`` carry over unchanged (``transfer_weights``).
+
+    ``output_stride``: 32 is MobileNetV2 as published (a 4x4 last feature map at 112 px); 16
+    drops the last downsampling and dilates the layers after it (:func:`dense_tail`), for a 7x7
+    map at 112 px, the size MobileFaceNet pools over.
 
     ``trainable``: ``frozen`` trains the head only; ``partial`` trains from the block named by
     ``trainable_from`` upward; ``full`` trains every convolution.
@@ -62,6 +70,8 @@ def build_embedder(
         raise ValueError("the shipped ImageNet weights are for alpha 1.0; pass backbone_weights=None for other widths")
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
     if backbone_weights is not None and not Path(backbone_weights).exists():
         raise FileNotFoundError(f"backbone weights not found at {backbone_weights}: see ../shared/weights/")
     inputs = keras.Input((input_size, input_size, 3), name="pixels")
@@ -71,6 +81,8 @@ def build_embedder(
     )
     if backbone_weights is not None:
         backbone.load_weights(str(backbone_weights))
+    if output_stride == 16:
+        backbone = dense_tail(backbone)
     features = backbone(scaled)
     if pooling == "gdc":
         height, width = int(features.shape[1]), int(features.shape[2])
@@ -89,6 +101,52 @@ def build_embedder(
     return model
 
 
+def dense_tail(backbone: keras.Model) -> keras.Model:
+    """``backbone`` (a Keras MobileNetV2) with output stride 16 instead of 32, same weights.
+
+    block_13's depthwise convolution keeps stride 1 (padded to keep the size) and the three
+    depthwise convolutions after it are dilated by 2 (the "atrous" trick of DeepLab), so every
+    position of the original, strided map is computed exactly as before and sits at every other
+    position of a map twice as fine: 7x7 instead of 4x4 at 112 px (``spread_gdc`` puts a
+    trained ``gdc`` kernel on those positions). The added positions cost about 1.5x the
+    multiply-adds of the whole network at 112 px.
+    """
+    config = backbone.get_config()
+    for layer in config["layers"]:
+        name = layer["config"]["name"]
+        if name == "block_13_pad":
+            layer["config"]["padding"] = ((1, 1), (1, 1))
+        elif name == "block_13_depthwise":
+            layer["config"]["strides"] = (1, 1)
+        elif name in _TAIL_DEPTHWISE:
+            layer["config"]["dilation_rate"] = (2, 2)
+    dense = keras.Model.from_config(config)
+    dense.set_weights(backbone.get_weights())
+    return dense
+
+
+def output_stride_of(model: keras.Model) -> int:
+    """32 for MobileNetV2 as published, 16 for :func:`dense_tail`."""
+    strides = backbone_of(model).get_layer("block_13_depthwise").strides
+    return 16 if tuple(strides) == (1, 1) else 32
+
+
+def spread_gdc(kernel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A ``gdc`` kernel of the stride-32 map placed where :func:`dense_tail` computes the same features.
+
+    A map of ``s`` positions becomes ``2s - 1`` (odd input of block_13, e.g. 7 -> 4 at 112 px:
+    the original positions are the even ones) or ``2s`` (even input, e.g. 10 -> 5 at 160 px:
+    the odd ones); the new positions start at weight 0, so the model computes what it did.
+    """
+    height, width = kernel.shape[:2]
+    offsets = (size[0] - (2 * height - 1), size[1] - (2 * width - 1))
+    if not all(o in (0, 1) for o in offsets):
+        raise ValueError(f"a {height}x{width} gdc kernel does not spread onto a {size[0]}x{size[1]} map")
+    spread = np.zeros((*size, *kernel.shape[2:]), dtype=kernel.dtype)
+    spread[offsets[0] :: 2, offsets[1] :: 2] = kernel
+    return spread
+
+
 def backbone_of(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
@@ -99,6 +157,8 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> list[str]:
     Every layer of ``source`` with weights must find a layer of the same name and weight shapes
     in ``target``; the target's layers left untouched (e.g. a new ``gdc`` pooling, which starts
     as average pooling) are returned by name. Raises when the two models disagree elsewhere.
+    A stride-32 model's ``gdc`` kernel goes onto a stride-16 target through :func:`spread_gdc`
+    (the backbone's weights are the same shapes at either stride).
     """
     touched: set[str] = set()
     src_backbone, dst_backbone = backbone_of(source), backbone_of(target)
@@ -109,6 +169,8 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> list[str]:
         if dst is None:
             raise ValueError(f"layer {src.name} of the source has no counterpart in the target")
         src_w, dst_w = src.get_weights(), dst.get_weights()
+        if src.name == "gdc" and src_w[0].shape != dst_w[0].shape and output_stride_of(source) > output_stride_of(target):
+            src_w = [spread_gdc(src_w[0], dst_w[0].shape[:2])]
         if [w.shape for w in src_w] != [w.shape for w in dst_w]:
             raise ValueError(f"layer {src.name}: weight shapes {[w.shape for w in src_w]} vs {[w.shape for w in dst_w]}")
         dst.set_weights(src_w)
