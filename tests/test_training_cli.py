@@ -166,6 +166,18 @@ def test_protocol_on_held_out_identities(protocol_dir: Path, trained_run: Path) 
     assert "n/a: data has no identity with 4 images" in (protocol_dir / "protocol.md").read_text()
 
 
+def test_compare_a_model_with_itself_finds_no_difference(protocol_dir: Path, trained_run: Path, crop_cache: Path, tmp_path: Path) -> None:
+    model = str(trained_run / "best.keras")
+    args = ["compare", "--cache", str(crop_cache), "--model-a", model, "--model-b", model]
+    report = evaluate.main([*args, "--identities", str(trained_run / "split.json"), "--out", str(tmp_path)])
+    [cache] = report["caches"]
+    one = json.loads((protocol_dir / "protocol.json").read_text())["caches"][0]["per_n"]["1"]
+    # The same queries as the protocol's n=1 cell, and no discordant query: nothing to test.
+    assert cache["queries"] == one["queries"] and cache["accuracy_a"] == pytest.approx(one["accuracy"])
+    assert (cache["only_a"], cache["only_b"], cache["p_value"]) == (0, 0, 1.0)
+    assert "McNemar exact p" in (tmp_path / "compare.md").read_text()
+
+
 def test_protocol_refuses_a_cache_without_the_identities(crop_cache: Path, trained_run: Path, tmp_path: Path) -> None:
     other = tmp_path / "ids.txt"
     other.write_text("nobody\n")

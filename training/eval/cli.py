@@ -1,4 +1,4 @@
-"""The command line: ``python -m training.evaluate protocol|pairs|make-pairs|curves|learning-curve``."""
+"""The command line: ``python -m training.evaluate protocol|compare|pairs|make-pairs|curves|learning-curve``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from training.eval.common import DEFAULT_NS
+from training.eval.compare import run_compare
 from training.eval.curves import run_curves, run_learning_curve
 from training.eval.make_pairs import run_make_pairs
 from training.eval.pairs import run_pairs
@@ -31,6 +32,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=run_protocol)
+
+    p = sub.add_parser("compare", help="two embedders on the same single-photo queries, with McNemar's exact test")
+    p.add_argument("--cache", type=Path, action="append", required=True, help="crop cache (repeatable; each is reported separately)")
+    p.add_argument("--model-a", type=Path, required=True, help=".keras or .tflite embedder (e.g. the shipped one)")
+    p.add_argument("--model-b", type=Path, required=True, help=".keras or .tflite embedder (e.g. a candidate)")
+    p.add_argument("--identities", type=Path, help="a run's split.json (its 'val' list) or one identity per line")
+    p.add_argument("--all-identities", action="store_true", help="use whole every cache holding none of --identities")
+    p.add_argument("--seed", type=int, default=0, help="the protocol's --seed (the order of equally near photos)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run_compare)
 
     p = sub.add_parser("make-pairs", help="an LFW-format pairs.txt over held-out identities")
     p.add_argument("--cache", type=Path, required=True, help="crop cache whose index.csv lists the aligned images")
