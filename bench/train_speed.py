@@ -24,10 +24,12 @@ import numpy as np
 import tensorflow as tf
 
 from training.distill import distill_loss
-from training.model import OUTPUT_STRIDES, POOLINGS, build_embedder
+from training.model import OUTPUT_STRIDES, POOLINGS, Pooling, build_embedder
 
 
-def measure(size: int, trainable_from: str, batch: int, steps: int, warmup: int, output_stride: int = 32, pooling: str = "avg") -> float:
+def measure(
+    size: int, trainable_from: str, batch: int, steps: int, warmup: int, output_stride: int = 32, pooling: Pooling = "avg"
+) -> float:
     model = build_embedder(
         input_size=size,
         embedding_size=192,
@@ -36,7 +38,7 @@ def measure(size: int, trainable_from: str, batch: int, steps: int, warmup: int,
         trainable_from="block_13" if trainable_from == "all" else trainable_from,
         batchnorm="train",
         head_activation=None,
-        pooling=pooling,  # type: ignore[arg-type]
+        pooling=pooling,
         output_stride=output_stride,
     )
     optimizer = tf.keras.optimizers.Adam(1e-3)

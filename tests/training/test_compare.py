@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from training.eval.compare import mcnemar, nearest_is_same
+from training.eval.compare import mcnemar
+from training.eval.protocol import fused_protocol
 
 
-def test_nearest_is_same_counts_only_people_with_two_photos() -> None:
+def test_the_protocol_hits_count_only_people_with_two_photos() -> None:
+    """The per-query hits ``compare`` pairs up: the protocol's n=1 cell, query by query."""
     # a1, a2 close together; b1 nearer to a2 than to b2; c has one photo (never a query).
     vectors = np.array([[1.0, 0.0], [0.95, 0.31], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     owners = np.array(["a", "a", "b", "b", "c"])
-    np.testing.assert_array_equal(nearest_is_same(vectors, owners), [True, True, False, True])
+    result = fused_protocol(vectors, owners, np.random.default_rng(0))
+    np.testing.assert_array_equal(result["_hits"], [True, True, False, True])
+    assert result["accuracy"] == pytest.approx(0.75)
 
 
 def test_mcnemar_on_discordant_queries() -> None:

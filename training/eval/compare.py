@@ -18,20 +18,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from training.eval.common import _json_default, embed_images, load_model, markdown_table, read_identity_list, select_identities
-from training.eval.protocol import group_vectors
-
-
-def nearest_is_same(vectors: np.ndarray, owners: np.ndarray) -> np.ndarray:
-    """Per photo of a person with two or more photos: is its nearest other photo the same person's?
-
-    Distances and ties as the protocol's n=1 cell has them (``1 - a.b`` clipped at 0, the first
-    of equally near photos), so the counts are that cell's.
-    """
-    distance = np.maximum(1.0 - vectors @ vectors.T, 0.0)
-    np.fill_diagonal(distance, np.inf)
-    right = owners[np.argmin(distance, axis=1)] == owners
-    _, inverse, counts = np.unique(owners, return_inverse=True, return_counts=True)
-    return right[counts[inverse] >= 2]
+from training.eval.protocol import fused_protocol, group_vectors
 
 
 def mcnemar(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
@@ -49,9 +36,13 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     models = [load_model(args.model_a), load_model(args.model_b)]
     wanted = read_identity_list(args.identities) if args.identities else None
-    report: dict[str, Any] = {"model_a": models[0].path, "model_b": models[1].path, "caches": []}
-    for m, key in zip(models, ("a", "b"), strict=True):
-        report[f"model_{key}_sha256"] = m.sha256
+    report: dict[str, Any] = {
+        "model_a": models[0].path,
+        "model_a_sha256": models[0].sha256,
+        "model_b": models[1].path,
+        "model_b_sha256": models[1].sha256,
+        "caches": [],
+    }
     rows_out = []
     for cache_dir in args.cache:
         cache = CropCache.load(cache_dir)
@@ -59,8 +50,9 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
         right = []
         for m in models:
             embeddings = embed_images(m.embed, cache.crops, rows, desc=f"embedding {Path(cache_dir).name}")
-            # The protocol's n=1 vectors in the protocol's order: the same queries and ties as its cell.
-            right.append(nearest_is_same(*group_vectors(embeddings, cache.identities[rows], 1, args.seed)))
+            # The protocol's own n=1 cell, query by query: the same queries, distances and ties.
+            vectors, owners = group_vectors(embeddings, cache.identities[rows], 1, args.seed)
+            right.append(fused_protocol(vectors, owners, np.random.default_rng(args.seed)).get("_hits", np.zeros(0, bool)))
         result = {"cache": str(cache_dir), "name": Path(cache_dir).name, **mcnemar(*right)}
         report["caches"].append(result)
         rows_out.append(

@@ -127,6 +127,7 @@ def fused_protocol(vectors: np.ndarray, owners: np.ndarray, rng: np.random.Gener
     negatives_all = np.concatenate(neg_upper) if neg_upper else np.empty(0, np.float32)
     result["far_thresholds"] = far_thresholds(pos, negatives_all)
     result["_pos_values"] = pos
+    result["_hits"] = hits[is_query]  # per query, in the order of ``vectors``: for paired comparisons
     result["_neg_sample"] = np.concatenate(neg_sample) if neg_sample else np.empty(0)
     return result
 
