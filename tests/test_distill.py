@@ -60,6 +60,36 @@ def test_subset_is_nested() -> None:
     assert set(distill.subset(rows, 0.25, 1)) <= set(half)
 
 
+def _label_cache(directory: Path, keys: list[str], vectors: np.ndarray, failed: tuple[str, ...] = ()) -> Path:
+    shard = directory / "teacher-0123456789abcdef"
+    shard.mkdir(parents=True)
+    (shard / "teacher.json").write_text(json.dumps({"sha256": "0123456789abcdef" * 4}))
+    np.savez(
+        shard / "shard-00000.npz",
+        keys=np.array(keys, dtype=str),
+        vectors=vectors.astype(np.float32),
+        failed_keys=np.array(failed, dtype=str),
+        failed_reasons=np.array(["no_face"] * len(failed), dtype=str),
+    )
+    return directory
+
+
+def test_teacher_targets_come_from_the_cache_whose_root_holds_the_photo(tmp_path: Path) -> None:
+    shared, fetched = tmp_path / "shared" / "data", tmp_path / "var" / "fer"
+    a, b, c = np.eye(TEACHER_DIM, dtype=np.float32)[:3]
+    # Both caches key a photo "x.jpg": only the one under its own root may answer for it.
+    first = _label_cache(tmp_path / "labels_shared", ["faces/p/x.jpg", "x.jpg"], np.stack([a, c]))
+    second = _label_cache(tmp_path / "labels_fer", ["x.jpg"], b[None], failed=("y.jpg",))
+    paths = [str(shared / "faces/p/x.jpg"), str(fetched / "x.jpg"), str(fetched / "y.jpg"), str(shared / "x.jpg")]
+    vectors, found = distill.teacher_targets(paths, [first, second], [shared, fetched])
+    assert found.tolist() == [True, True, False, True]
+    assert np.array_equal(vectors, np.stack([a, b, np.zeros_like(a), c]))
+    with pytest.raises(ValueError, match="under none of the roots"):
+        distill.teacher_targets([str(tmp_path / "elsewhere.jpg")], [first], [shared])
+    with pytest.raises(ValueError, match="needs its --root"):
+        distill.teacher_targets(paths, [first, second], [shared])
+
+
 def write_tiny_data(root: Path, size: int) -> tuple[Path, Path, Path]:
     """A crop cache (12 people x 3 crops + 10 unlabeled) under a data root, and teacher labels for it.
 
@@ -184,6 +214,33 @@ def test_relation_weight_trains_logs_and_is_part_of_the_run(tiny_data: tuple[Pat
     assert [int(r["step"]) for r in rows] == [1, 2] and rows[1]["relation"] == "" and float(rows[1]["distill"]) > 0.0
     with pytest.raises(SystemExit):
         distill.parse_args(run_args(tiny_data, out, "distill", 2, "--relation-weight", "-1"))
+
+
+def test_a_second_cache_and_label_cache_add_unlabeled_photos(tiny_data: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """A fetched dataset prepared apart (its own crops, labels and root) joins the run's unlabeled pool."""
+    fetched = tmp_path / "fetched"
+    cache = fetched / "crops"
+    cache.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    np.save(cache / "crops.npy", rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8))
+    with (cache / "index.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "path", "identity", "source"])
+        writer.writerows((i, str(fetched / f"images/{i}.jpg"), "", "fetched") for i in range(5))
+    vectors = rng.normal(size=(4, TEACHER_DIM))
+    labels = _label_cache(
+        fetched / "labels", [f"images/{i}.jpg" for i in range(4)], vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    )
+    out = tmp_path / "joined"
+    args = run_args(tiny_data, out, "distill", 1, "--cache", str(cache), "--labels", str(labels), "--root", str(fetched))
+    distill.distill(distill.parse_args(args))
+    config = json.loads((out / "config.json").read_text())
+    # 9 labelled unlabeled photos in the first cache, 4 of the 5 in the second (one has no label).
+    assert config["unlabeled_images"] == 9 + 4 and config["cache"] == [str(tiny_data[1]), str(cache)]
+    # The held-out people are the same as without the second cache: only identities decide them.
+    alone = tmp_path / "alone"
+    distill.distill(distill.parse_args(run_args(tiny_data, alone, "distill", 1)))
+    assert json.loads((out / "split.json").read_text()) == json.loads((alone / "split.json").read_text())
 
 
 def test_init_from_continues_a_finished_run(tiny_data: tuple[Path, Path, Path], tmp_path: Path) -> None:

@@ -65,6 +65,25 @@ def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export.export_run(tiny_run, tmp_path_factory.mktemp("store"))
 
 
+def test_cache_summary_joins_a_runs_caches(tmp_path: Path) -> None:
+    """A run over two caches (``training.distill --cache A --cache B``) lists both caches' sources."""
+    for name, source, version in (("a", "celeba", "v1"), ("b", "fer2013", "v1"), ("c", "other", "v2")):
+        (tmp_path / name).mkdir()
+        summary = {"alignment_version": version, "by_source": {source: {"images": 3, "aligned": 2}}}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    one = {"cache": str(tmp_path / "a")}  # the older runs' config: a single path
+    assert export.cache_dirs(one) == [tmp_path / "a"]
+    assert export.cache_summary(one) == {"by_source": {"celeba": {"images": 3, "aligned": 2}}, "alignment_version": "v1"}
+    two = {"cache": [str(tmp_path / "a"), str(tmp_path / "b")]}
+    assert export.cache_summary(two) == {
+        "by_source": {"celeba": {"images": 3, "aligned": 2}, "fer2013": {"images": 3, "aligned": 2}},
+        "alignment_version": "v1",
+    }
+    # Caches aligned differently are reported as such, and a missing summary gives none.
+    assert export.cache_summary({"cache": [str(tmp_path / "a"), str(tmp_path / "c")]})["alignment_version"] == ["v1", "v2"]
+    assert export.cache_summary({"cache": [str(tmp_path / "a"), str(tmp_path / "missing")]}) is None
+
+
 def test_tflite_matches_keras_on_random_inputs(tiny_run: Path, exported: Path) -> None:
     model = keras.models.load_model(tiny_run / "best.keras", compile=False)
     x = np.random.default_rng(0).uniform(0, 255, size=(6, 64, 64, 3)).astype(np.float32)

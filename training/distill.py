@@ -53,7 +53,7 @@ from training.eval.metrics import best_threshold
 from training.losses import pair_loss
 from training.model import DEFAULT_WEIGHTS, OUTPUT_STRIDES, POOLINGS, build_embedder, recalibrate_batchnorm, transfer_weights
 from training.prepare import CropCache
-from training.teacher import DEFAULT_TEACHER, Teacher, load_labels
+from training.teacher import DEFAULT_TEACHER, TEACHER_DIM, Teacher, load_labels
 
 LOSSES = ("both", "distill", "pair")
 # Settings added after runs were made: a run directory without them ran at these values.
@@ -105,12 +105,35 @@ def subset(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.sort(rows[order[: round(fraction * len(rows))]])
 
 
+def teacher_targets(paths: Sequence[str], label_dirs: Sequence[Path], roots: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's vector of every crop and whether it has one, from one or more label caches.
+
+    Each label cache is keyed relative to its own root (``training.teacher label --root``): a
+    photo is looked up in the first cache whose root holds it, so photos from outside
+    ``../shared/data`` (a fetched dataset under ``var/``) come from a cache of their own.
+    """
+    if len(label_dirs) != len(roots):
+        raise ValueError(f"every --labels needs its --root: {len(label_dirs)} label caches, {len(roots)} roots")
+    resolved = [Path(p).resolve() for p in paths]
+    teacher = np.zeros((len(paths), TEACHER_DIM), np.float32)
+    found = np.zeros(len(paths), bool)
+    placed = np.zeros(len(paths), bool)
+    for label_dir, root in zip(label_dirs, roots, strict=True):
+        root = Path(root).resolve()
+        rows = [i for i, p in enumerate(resolved) if not placed[i] and p.is_relative_to(root)]
+        if not rows:
+            continue
+        vectors, hit = load_labels(label_dir).lookup([str(resolved[i].relative_to(root)) for i in rows])
+        teacher[rows], found[rows], placed[rows] = vectors, hit, True
+    if not placed.all():
+        outside = paths[int(np.flatnonzero(~placed)[0])]
+        raise ValueError(f"{int((~placed).sum())} crops lie under none of the roots {[str(r) for r in roots]}, e.g. {outside}")
+    return teacher, found
+
+
 def load_data(args: argparse.Namespace, out: Path) -> DistillData:
-    cache = CropCache.load(args.cache)
-    labels = load_labels(args.labels)
-    root = Path(args.root).resolve()
-    keys = [str(Path(p).resolve().relative_to(root)) for p in cache.paths]
-    teacher, found = labels.lookup(keys)
+    cache = CropCache.load_many(args.cache)
+    teacher, found = teacher_targets(cache.paths, args.labels, args.root)
     labelled = np.array([i != UNLABELED for i in cache.identities])
     grouped = {k: v for k, v in rows_by_identity(cache.identities).items() if k != UNLABELED}
     split = split_identities(grouped, args.val_fraction, args.split_seed)
@@ -245,11 +268,19 @@ def _append_csv(path: Path, row: dict[str, Any]) -> None:
         writer.writerow(row)
 
 
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
 def distill(args: argparse.Namespace) -> Path:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config = {k: _jsonable(v) for k, v in vars(args).items()}
     if config_path.exists():
         previous = json.loads(config_path.read_text())
         changed = {
@@ -395,9 +426,19 @@ def distill(args: argparse.Namespace) -> Path:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cache", type=Path, required=True, help="crop cache from training.prepare (labelled and unlabeled photos)")
-    p.add_argument("--labels", type=Path, required=True, help="label cache from training.teacher")
-    p.add_argument("--root", type=Path, required=True, help="the --root the teacher labels were keyed against")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        action="append",
+        required=True,
+        help="crop cache from training.prepare (labelled and unlabeled photos; repeatable: the caches are joined)",
+    )
+    p.add_argument(
+        "--labels", type=Path, action="append", required=True, help="label cache from training.teacher (repeatable, each with its --root)"
+    )
+    p.add_argument(
+        "--root", type=Path, action="append", required=True, help="the --root that --labels cache was keyed against, in the same order"
+    )
     p.add_argument("--out", type=Path, required=True, help="run directory (resumed when it exists)")
     p.add_argument("--loss", choices=LOSSES, default="both")
     p.add_argument("--steps", type=int, default=6000)

@@ -61,6 +61,25 @@ def verify_roundtrip(keras_model: Any, tflite_path: Path, crops: np.ndarray) -> 
     return float(np.max(np.abs(got - expected)))
 
 
+def cache_dirs(config: dict[str, Any]) -> list[Path]:
+    """The run's crop caches: one path in older runs' configs, a list since ``--cache`` repeats (never empty)."""
+    value = config.get("cache") or ""
+    return [Path(str(v)) for v in value] if isinstance(value, list) and value else [Path(str(value))]
+
+
+def cache_summary(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The caches' ``summary.json`` files merged: photos by source, and the alignment version they share."""
+    read = [_read_json(d / "summary.json") for d in cache_dirs(config)]
+    summaries = [s for s in read if s]
+    if len(summaries) < len(read):
+        return None
+    versions = {s["alignment_version"] for s in summaries}
+    return {
+        "by_source": {k: v for s in summaries for k, v in s.get("by_source", {}).items()},
+        "alignment_version": versions.pop() if len(versions) == 1 else sorted(versions),
+    }
+
+
 def roundtrip_inputs(config: dict[str, Any], run: Path, size: int, seed: int = 0) -> tuple[np.ndarray, str]:
     """Aligned crops of held-out identities from the run's cache, plus a few noise images.
 
@@ -68,7 +87,7 @@ def roundtrip_inputs(config: dict[str, Any], run: Path, size: int, seed: int = 0
     """
     rng = np.random.default_rng(seed)
     noise = rng.uniform(0, 255, size=(4, size, size, 3)).astype(np.float32)
-    cache_dir = Path(str(config.get("cache", "")))
+    cache_dir = cache_dirs(config)[0]
     if not (cache_dir / "crops.npy").exists():
         return noise, "uniform noise only (the run's crop cache was not found)"
     from training.prepare import CropCache
@@ -138,7 +157,7 @@ def export_run(
         hashes = {name: sha256_file(staging / name) for name in packaged}
         files = {name: {"sha256": digest, "bytes": (staging / name).stat().st_size} for name, digest in hashes.items()}
         evidence = evidence_fields(collect_evaluations(eval_dirs, {sha256_file(model_file), hashes[SERVING_FILE]}))
-        cache_summary = _read_json(Path(str(config.get("cache", ""))) / "summary.json")
+        summary = cache_summary(config)
         manifest = {
             "format_version": FORMAT_VERSION,
             "model_id": model_id,
@@ -198,8 +217,8 @@ def export_run(
                 ),
                 "split_seed": config.get("split_seed"),
                 "val_fraction": config.get("val_fraction"),
-                "sources": cache_summary.get("by_source") if cache_summary else None,
-                "cache_alignment_version": cache_summary.get("alignment_version") if cache_summary else None,
+                "sources": summary["by_source"] if summary else None,
+                "cache_alignment_version": summary["alignment_version"] if summary else None,
                 "history": history_summary(run / "history.csv"),
             },
             **evidence,

@@ -60,6 +60,22 @@ class CropCache:
             paths=[r["path"] for r in rows],
         )
 
+    @classmethod
+    def load_many(cls, directories: Sequence[Path]) -> CropCache:
+        """Several caches as one, rows in the order given (a fetched dataset prepared apart from ../shared's)."""
+        caches = [cls.load(d) for d in directories]
+        if len(caches) == 1:
+            return caches[0]
+        sizes = {c.crops.shape[1:] for c in caches}
+        if len(sizes) != 1:
+            raise ValueError(f"crop caches {[str(d) for d in directories]} hold crops of different sizes: {sorted(sizes)}")
+        return cls(
+            crops=np.concatenate([np.asarray(c.crops) for c in caches]),
+            identities=np.concatenate([c.identities for c in caches]),
+            sources=np.concatenate([c.sources for c in caches]),
+            paths=[p for c in caches for p in c.paths],
+        )
+
 
 def _init_worker(size: int) -> None:
     global _worker_aligner
