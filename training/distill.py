@@ -91,6 +91,8 @@ class DistillData:
     dev_ids: dict[str, list[int]]
     unlabeled_rows: np.ndarray
     heldout: list[str]
+    heldout_ids: dict[str, list[int]]
+    sources: np.ndarray  # (N,) str: the source of every crop
 
     @property
     def train_rows(self) -> np.ndarray:
@@ -131,13 +133,15 @@ def teacher_targets(paths: Sequence[str], label_dirs: Sequence[Path], roots: Seq
     return teacher, found
 
 
-def load_data(args: argparse.Namespace, out: Path) -> DistillData:
+def load_data(args: argparse.Namespace, out: Path | None) -> DistillData:
+    """The run's crops, teacher targets and identity groups; the split is written to ``out`` (none: not written)."""
     cache = CropCache.load_many(args.cache)
     teacher, found = teacher_targets(cache.paths, args.labels, args.root)
     labelled = np.array([i != UNLABELED for i in cache.identities])
     grouped = {k: v for k, v in rows_by_identity(cache.identities).items() if k != UNLABELED}
     split = split_identities(grouped, args.val_fraction, args.split_seed)
-    split.save(out / "split.json")
+    if out is not None:
+        split.save(out / "split.json")
     train_part = {i: grouped[i] for i in split.train}
     dev = split_identities(train_part, args.dev_fraction, args.split_seed + 1)
     train_ids = {i: train_part[i] for i in dev.train}
@@ -153,6 +157,8 @@ def load_data(args: argparse.Namespace, out: Path) -> DistillData:
         dev_ids=dev_ids,
         unlabeled_rows=subset(unlabeled, args.unlabeled_fraction, args.split_seed),
         heldout=split.val,
+        heldout_ids={i: grouped[i] for i in split.val},
+        sources=cache.sources,
     )
 
 

@@ -11,6 +11,8 @@ LFW-format pairs, training curves.
         --root ../shared/data/faces/celeba_wild --pairs var/eval/pairs/pairs.txt \\
         --model runs/main/best.keras --out var/eval/main
     python -m training.evaluate curves --history runs/main/history.csv --out var/eval/main
+    python -m training.evaluate teacher-gap --run runs/distill --model runs/distill/best.keras \
+        --out var/eval/teacher_gap      # distance to the teacher: trained vs unseen photos
 
 Every subcommand prints a plain-text table and writes JSON and PNG files into ``--out``.
 

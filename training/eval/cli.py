@@ -1,4 +1,4 @@
-"""The command line: ``python -m training.evaluate protocol|compare|pairs|make-pairs|curves|learning-curve``."""
+"""The command line: ``python -m training.evaluate protocol|compare|teacher-gap|pairs|make-pairs|curves|learning-curve``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from training.eval.curves import run_curves, run_learning_curve
 from training.eval.make_pairs import run_make_pairs
 from training.eval.pairs import run_pairs
 from training.eval.protocol import run_protocol
+from training.eval.teacher_gap import run_teacher_gap
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -42,6 +43,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="the protocol's --seed (the order of equally near photos)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=run_compare)
+
+    p = sub.add_parser("teacher-gap", help="a student's distance to its teacher on a distillation run's trained, dev and held-out photos")
+    p.add_argument("--run", type=Path, required=True, help="a training.distill run directory (its config.json and split.json)")
+    p.add_argument("--model", type=Path, required=True, help=".keras or .tflite student (any trained on that run's split)")
+    p.add_argument("--people", type=int, default=400, help="training identities sampled (0: all)")
+    p.add_argument("--images", type=int, default=1000, help="unlabeled photos sampled per source (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run_teacher_gap)
 
     p = sub.add_parser("make-pairs", help="an LFW-format pairs.txt over held-out identities")
     p.add_argument("--cache", type=Path, required=True, help="crop cache whose index.csv lists the aligned images")
