@@ -34,7 +34,6 @@ last checkpoint; the learning-rate schedule and the data order continue where th
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import time
@@ -49,10 +48,11 @@ import tensorflow as tf
 
 from training.data import PairBatches, door_augmentation, pair_mask, rows_by_identity, split_identities, teaching_augmentation
 from training.datasets import UNLABELED
-from training.eval.metrics import best_threshold
+from training.eval.metrics import verification_accuracy
 from training.losses import pair_loss
 from training.model import DEFAULT_WEIGHTS, OUTPUT_STRIDES, POOLINGS, build_embedder, recalibrate_batchnorm, transfer_weights
 from training.prepare import CropCache
+from training.runlog import append_csv, jsonable
 from training.teacher import DEFAULT_TEACHER, TEACHER_DIM, Teacher, load_labels
 
 LOSSES = ("both", "distill", "pair")
@@ -97,6 +97,12 @@ class DistillData:
     @property
     def train_rows(self) -> np.ndarray:
         return np.array(sorted(r for rows in self.train_ids.values() for r in rows), dtype=np.int64)
+
+    @property
+    def distill_rows(self) -> np.ndarray:
+        """What ``--loss distill`` draws from: the training people's crops with a teacher label, then the unlabeled ones."""
+        train_rows = self.train_rows
+        return np.concatenate([train_rows[self.has_teacher[train_rows]], self.unlabeled_rows])
 
 
 def subset(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -171,11 +177,8 @@ class Batches:
         self.pair_bs = {"both": batch // 4, "pair": batch // 2, "distill": 0}[loss]
         if self.pair_bs:
             self.pairs = PairBatches(data.train_ids, bs=self.pair_bs, seed=seed + start_step)
-        train_rows = data.train_rows[data.has_teacher[data.train_rows]]
         # Both: the rest of the batch is unlabeled photos; with none (the learning curve's 0 point), labelled ones.
-        self.pool = (
-            data.unlabeled_rows if loss == "both" and len(data.unlabeled_rows) else np.concatenate([train_rows, data.unlabeled_rows])
-        )
+        self.pool = data.unlabeled_rows if loss == "both" and len(data.unlabeled_rows) else data.distill_rows
 
     def __next__(self) -> np.ndarray:
         if self.loss == "pair":
@@ -208,18 +211,6 @@ def batch_stream(
         yield images.astype(np.float32), targets, weights
 
 
-def verification_accuracy(vectors: np.ndarray, owners: np.ndarray, seed: int = 0) -> float:
-    """Best-threshold accuracy on every same-person pair and as many random different-person pairs."""
-    same_i, same_j = np.nonzero(np.triu(owners[:, None] == owners[None, :], k=1))
-    rng = np.random.default_rng(seed)
-    a, b = rng.integers(0, len(owners), size=(2, 4 * len(same_i)))
-    keep = owners[a] != owners[b]
-    a, b = a[keep][: len(same_i)], b[keep][: len(same_i)]
-    distances = 1.0 - np.concatenate([np.sum(vectors[same_i] * vectors[same_j], 1), np.sum(vectors[a] * vectors[b], 1)])
-    same = np.concatenate([np.ones(len(same_i), bool), np.zeros(len(a), bool)])
-    return best_threshold(distances, same)[1]
-
-
 @dataclass(frozen=True)
 class DevSet:
     images: np.ndarray
@@ -227,13 +218,18 @@ class DevSet:
     owners: np.ndarray
     teacher_accuracy: float
 
-    @classmethod
-    def build(cls, data: DistillData, limit: int, seed: int) -> DevSet:
+    @staticmethod
+    def rows(data: DistillData, limit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The dev crops (at most ``limit``, seeded) with a teacher label, and the dev person of each (0, 1, ...)."""
         rows = np.array(sorted(r for rs in data.dev_ids.values() for r in rs if data.has_teacher[r]), dtype=np.int64)
         if len(rows) > limit:
             rows = np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
         owner_of = {r: i for i, rs in enumerate(data.dev_ids.values()) for r in rs}
-        owners = np.array([owner_of[int(r)] for r in rows])
+        return rows, np.array([owner_of[int(r)] for r in rows], dtype=np.int64)
+
+    @classmethod
+    def build(cls, data: DistillData, limit: int, seed: int) -> DevSet:
+        rows, owners = cls.rows(data, limit, seed)
         teacher = data.teacher[rows]
         return cls(np.asarray(data.crops[rows], dtype=np.float32), teacher, owners, verification_accuracy(teacher, owners, seed))
 
@@ -261,32 +257,11 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "warmup": self.warmup, "total": self.total}
 
 
-def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    """Append ``row`` under the file's own header (a run resumed by other code keeps its columns aligned)."""
-    header = None
-    if path.exists() and path.stat().st_size:
-        with path.open(newline="") as handle:
-            header = next(csv.reader(handle), None)
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header or list(row), restval="", extrasaction="ignore")
-        if header is None:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def distill(args: argparse.Namespace) -> Path:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
-    config = {k: _jsonable(v) for k, v in vars(args).items()}
+    config = {k: jsonable(v) for k, v in vars(args).items()}
     if config_path.exists():
         previous = json.loads(config_path.read_text())
         changed = {
@@ -407,14 +382,14 @@ def distill(args: argparse.Namespace) -> Path:
                 "images_per_s": round(window_steps * args.batch / elapsed, 1),
                 "time": time.strftime("%H:%M:%S"),
             }
-            _append_csv(out / "progress.csv", row)
+            append_csv(out / "progress.csv", row)
             print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
             sums, window_start, window_steps = {}, time.perf_counter(), 0
         if current % args.checkpoint_every == 0 or current in (args.steps, stop_at):
             manager.save(checkpoint_number=current)
         if current % args.eval_every == 0 or current == args.steps:
             scores = dev.evaluate(model)
-            _append_csv(
+            append_csv(
                 out / "history.csv", {"step": current, "images_seen": current * args.batch, **{k: round(v, 5) for k, v in scores.items()}}
             )
             print(f"dev at step {current}: {scores}", flush=True)

@@ -99,3 +99,15 @@ def roc_points(distances: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.
     tar = np.searchsorted(np.sort(distances[same]), thresholds, side="right") / max(1, same.sum())
     far = np.searchsorted(np.sort(distances[~same]), thresholds, side="right") / max(1, (~same).sum())
     return far, tar
+
+
+def verification_accuracy(vectors: np.ndarray, owners: np.ndarray, seed: int = 0) -> float:
+    """Best-threshold accuracy on every same-person pair and as many random different-person pairs."""
+    same_i, same_j = np.nonzero(np.triu(owners[:, None] == owners[None, :], k=1))
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, len(owners), size=(2, 4 * len(same_i)))
+    keep = owners[a] != owners[b]
+    a, b = a[keep][: len(same_i)], b[keep][: len(same_i)]
+    distances = 1.0 - np.concatenate([np.sum(vectors[same_i] * vectors[same_j], 1), np.sum(vectors[a] * vectors[b], 1)])
+    same = np.concatenate([np.ones(len(same_i), bool), np.zeros(len(a), bool)])
+    return best_threshold(distances, same)[1]

@@ -54,7 +54,8 @@ def run_args(run: Path) -> argparse.Namespace:
 
 
 def run_teacher_gap(args: argparse.Namespace) -> dict[str, Any]:
-    from training.distill import load_data, verification_accuracy
+    from training.distill import load_data
+    from training.eval.metrics import verification_accuracy
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
