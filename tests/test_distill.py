@@ -368,3 +368,16 @@ def test_cli_moves_a_gdc_run_onto_output_stride_16(tiny_data_112: tuple[Path, Pa
         distill.distill(distill.parse_args(run_args(tiny_data_112, out, "distill", 1, "--pooling", "gdc", "--init-from", str(first))))
     with pytest.raises(SystemExit):
         distill.parse_args(run_args(tiny_data_112, out, "distill", 1, "--output-stride", "8"))
+
+
+def test_best_checkpoint_rule_breaks_accuracy_ties_by_the_distance_to_the_teacher() -> None:
+    from training.runlog import improves
+
+    best = {"dev_accuracy": 0.93875, "dev_distance_to_teacher": 0.1864}
+    assert improves({"dev_accuracy": 0.9, "dev_distance_to_teacher": 0.5}, None)
+    assert improves({"dev_accuracy": 0.93897, "dev_distance_to_teacher": 0.20}, best)
+    assert not improves({"dev_accuracy": 0.93853, "dev_distance_to_teacher": 0.10}, best)
+    assert improves({"dev_accuracy": 0.93875, "dev_distance_to_teacher": 0.1777}, best)
+    assert not improves({"dev_accuracy": 0.93875, "dev_distance_to_teacher": 0.1864}, best)
+    # A best.json without a distance (none is older than the rule, but a hand-written one): any tie replaces it.
+    assert improves({"dev_accuracy": 0.93875, "dev_distance_to_teacher": 0.18}, {"dev_accuracy": 0.93875})

@@ -27,8 +27,9 @@ accuracy on dev people, against images seen). The held-out people are never look
 
 The run directory holds ``config.json``, ``split.json``, ``ckpt/`` (model, optimiser and step,
 written every ``--checkpoint-every`` steps), ``progress.csv``, ``history.csv``, ``best.keras``
-(best dev accuracy) and ``final.keras``. The same command resumes an interrupted run from its
-last checkpoint; the learning-rate schedule and the data order continue where they stopped.
+(best dev accuracy; a tie goes to the lower dev distance to the teacher) and ``final.keras``.
+The same command resumes an interrupted run from its last checkpoint; the learning-rate schedule
+and the data order continue where they stopped.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from training.eval.metrics import verification_accuracy
 from training.losses import pair_loss
 from training.model import DEFAULT_WEIGHTS, OUTPUT_STRIDES, POOLINGS, build_embedder, recalibrate_batchnorm, transfer_weights
 from training.prepare import CropCache
-from training.runlog import append_csv, jsonable
+from training.runlog import append_csv, improves, jsonable
 from training.teacher import DEFAULT_TEACHER, TEACHER_DIM, Teacher, load_labels
 
 LOSSES = ("both", "distill", "pair")
@@ -358,7 +359,7 @@ def distill(args: argparse.Namespace) -> Path:
 
     dev = DevSet.build(data, args.dev_images, args.seed)
     best_path = out / "best.json"
-    best = json.loads(best_path.read_text())["dev_accuracy"] if best_path.exists() else -1.0
+    best: dict[str, float] | None = json.loads(best_path.read_text()) if best_path.exists() else None
     sums: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
     stop_at = min(args.steps, int(step.numpy()) + args.stop_after) if args.stop_after else args.steps
@@ -393,8 +394,8 @@ def distill(args: argparse.Namespace) -> Path:
                 out / "history.csv", {"step": current, "images_seen": current * args.batch, **{k: round(v, 5) for k, v in scores.items()}}
             )
             print(f"dev at step {current}: {scores}", flush=True)
-            if scores["dev_accuracy"] > best:
-                best = scores["dev_accuracy"]
+            if improves(scores, best):
+                best = scores
                 model.save(out / "best.keras")
                 best_path.write_text(json.dumps({"step": current, **scores}) + "\n")
             window_start = time.perf_counter()

@@ -21,13 +21,13 @@ then ends, decayed, inside the device's time limit, whatever its speed) or over 
 
 The run directory holds ``config.json`` (the shard's data settings, so ``training.export`` and
 ``training.report`` read it like a CPU run), ``split.json``, ``progress.csv``, ``history.csv``
-(dev distance to the teacher and dev accuracy, every ``--eval-every-s`` seconds and at the
-end), ``best.keras`` (best dev accuracy), ``state.json`` and ``last.keras`` (every
-``--checkpoint-every-s`` seconds: a run killed at the device's limit still brings back its
-weights), replaced by ``final.keras`` at the end. The same command on the same directory resumes
-an interrupted run (weights, step, clock and best; Adam's moments restart). Across machines, a
-new run starts ``--init`` from the last one's ``final.keras`` or ``last.keras``, with
-``--images-before`` so the learning curve continues.
+(dev distance to the teacher and dev accuracy, every ``--eval-every-s`` seconds and at the end),
+``best.keras`` (best dev accuracy, a tie to the lower distance to the teacher), ``state.json``
+and ``last.keras`` (every ``--checkpoint-every-s`` seconds: a run killed at the device's limit
+still brings back its weights), replaced by ``final.keras`` at the end. The same command on the
+same directory resumes an interrupted run (weights, step, clock and best; Adam's moments
+restart). Across machines, a new run starts ``--init`` from the last one's ``final.keras`` or
+``last.keras``, with ``--images-before`` so the learning curve continues.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from training.eval.metrics import verification_accuracy
-from training.runlog import append_csv, jsonable
+from training.runlog import append_csv, improves, jsonable
 from training.shard import Shard
 
 # Settings a resumed run must share with the run it resumes.
@@ -168,7 +168,7 @@ def train(args: argparse.Namespace) -> Path:
     shard = Shard.load(args.shard, threads=args.threads)
     meta = shard.meta
     resumed = state_path.exists() and last_path.exists()
-    state: dict[str, Any] = json.loads(state_path.read_text()) if resumed else {"step": 0, "elapsed_s": 0.0, "best_dev_accuracy": -1.0}
+    state: dict[str, Any] = json.loads(state_path.read_text()) if resumed else {"step": 0, "elapsed_s": 0.0, "best": None}
     model = keras.models.load_model(last_path if resumed else args.init, compile=False)
     model.trainable = True  # the whole network; BatchNorm follows training=True
     size = int(model.input_shape[1])
@@ -217,7 +217,7 @@ def train(args: argparse.Namespace) -> Path:
     generator.manual_seed(args.seed * 1_000_003 + state["step"])
     budget = args.minutes * 60.0
     step, elapsed = int(state["step"]), float(state["elapsed_s"])
-    best = float(state["best_dev_accuracy"])
+    best: dict[str, float] | None = state["best"]
     order, cursor = torch.randperm(len(train_index), device=device, generator=generator), 0
 
     def progress_now(now_elapsed: float) -> float:
@@ -226,7 +226,7 @@ def train(args: argparse.Namespace) -> Path:
     def save_state(path: Path) -> None:
         model.save(path)
         state_path.write_text(
-            json.dumps({"step": step, "images_seen": step * args.batch, "elapsed_s": round(elapsed, 1), "best_dev_accuracy": best}) + "\n"
+            json.dumps({"step": step, "images_seen": step * args.batch, "elapsed_s": round(elapsed, 1), "best": best}) + "\n"
         )
 
     def evaluate() -> None:
@@ -235,8 +235,8 @@ def train(args: argparse.Namespace) -> Path:
         images = step * args.batch
         append_csv(out / "history.csv", {"step": step, "images_seen": images, **{k: round(v, 5) for k, v in scores.items()}})
         print(f"dev at step {step} ({images} images): {scores}", flush=True)
-        if scores["dev_accuracy"] > best:
-            best = scores["dev_accuracy"]
+        if improves(scores, best):
+            best = {"step": step, **scores}
             model.save(out / "best.keras")
 
     started = time.perf_counter() - elapsed
@@ -289,7 +289,8 @@ def train(args: argparse.Namespace) -> Path:
     evaluate()
     save_state(out / "final.keras")
     last_path.unlink(missing_ok=True)
-    print(f"finished at step {step} ({step * args.batch} images) after {elapsed:.0f} s; best dev accuracy {best:.4f}", flush=True)
+    chosen = f"step {best['step']}, dev accuracy {best['dev_accuracy']:.4f}" if best else "none"
+    print(f"finished at step {step} ({step * args.batch} images) after {elapsed:.0f} s; best.keras: {chosen}", flush=True)
     return out / "final.keras"
 
 

@@ -13,6 +13,8 @@ LFW-format pairs, training curves.
     python -m training.evaluate curves --history runs/main/history.csv --out var/eval/main
     python -m training.evaluate teacher-gap --run runs/distill --model runs/distill/best.keras \
         --out var/eval/teacher_gap      # distance to the teacher: trained vs unseen photos
+    python -m training.evaluate compare-pairs --pairs-a var/eval/a/pairs.json --pairs-b var/eval/b/pairs.json \
+        --out var/eval/compare          # two pairs evaluations, pair by pair (McNemar)
 
 Every subcommand prints a plain-text table and writes JSON and PNG files into ``--out``.
 

@@ -30,3 +30,17 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [jsonable(v) for v in value]
     return value
+
+
+def improves(scores: dict[str, float], best: dict[str, float] | None) -> bool:
+    """Whether dev ``scores`` beat the ``best`` so far: higher dev accuracy, a tie to the lower distance to the teacher.
+
+    The dev accuracy moves in steps of one pair in a few thousand, so late checkpoints often tie an
+    early one exactly; the distance to the teacher (what training lowers) then decides, where
+    the first of the tied checkpoints used to keep the place.
+    """
+    if best is None:
+        return True
+    if scores["dev_accuracy"] != best["dev_accuracy"]:
+        return scores["dev_accuracy"] > best["dev_accuracy"]
+    return scores["dev_distance_to_teacher"] < best.get("dev_distance_to_teacher", float("inf"))

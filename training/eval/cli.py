@@ -1,4 +1,4 @@
-"""The command line: ``python -m training.evaluate protocol|compare|teacher-gap|pairs|make-pairs|curves|learning-curve``."""
+"""The command line: ``python -m training.evaluate protocol|compare|compare-pairs|teacher-gap|pairs|make-pairs|curves|learning-curve``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from training.eval.common import DEFAULT_NS
-from training.eval.compare import run_compare
+from training.eval.compare import run_compare, run_compare_pairs
 from training.eval.curves import run_curves, run_learning_curve
 from training.eval.make_pairs import run_make_pairs
 from training.eval.pairs import run_pairs
@@ -43,6 +43,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="the protocol's --seed (the order of equally near photos)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=run_compare)
+
+    p = sub.add_parser("compare-pairs", help="two pairs evaluations of one pairs file, pair by pair, with McNemar's exact test")
+    p.add_argument("--pairs-a", type=Path, required=True, help="pairs.json of `pairs` for model A")
+    p.add_argument("--pairs-b", type=Path, required=True, help="pairs.json of `pairs` for model B (the same --pairs file)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run_compare_pairs)
 
     p = sub.add_parser("teacher-gap", help="a student's distance to its teacher on a distillation run's trained, dev and held-out photos")
     p.add_argument("--run", type=Path, required=True, help="a training.distill run directory (its config.json and split.json)")

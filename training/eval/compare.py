@@ -5,6 +5,11 @@ for both models, and the queries where only one of them is right are tested with
 exact test (a two-sided binomial test on those discordant queries). Pairing the queries is
 what makes a gain of a point or two on ~1,800 photos testable: most queries are right (or
 wrong) with both models and carry no evidence either way.
+
+``compare-pairs`` does the same for two ``pairs`` evaluations of one pairs file: a pair is
+right when its distance falls on the correct side of its fold's threshold (each model at its
+own 10-fold thresholds, the figures its accuracy is the mean of), and the pairs only one model
+gets right are tested the same way.
 """
 
 from __future__ import annotations
@@ -72,3 +77,41 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     (out / "compare.md").write_text(table + "\n")
     (out / "compare.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     return report
+
+
+def pair_decisions(report: dict[str, Any]) -> np.ndarray:
+    """Whether each pair of a ``pairs`` evaluation is classified right at its own fold's threshold (the 10-fold accuracy, pair by pair)."""
+    thresholds = {f["fold"]: f["threshold"] for f in report["accuracy"]["folds"]}
+    return np.array([(distance <= thresholds[fold]) == bool(same) for fold, same, distance in report["distances"]], dtype=bool)
+
+
+def run_compare_pairs(args: argparse.Namespace) -> dict[str, Any]:
+    reports = [json.loads(Path(p).read_text()) for p in (args.pairs_a, args.pairs_b)]
+    if len({r["pairs_file"] for r in reports}) != 1 or len({len(r["distances"]) for r in reports}) != 1:
+        raise ValueError("the two evaluations are of different pairs: run both on the same --pairs file")
+    if [(f, s) for f, s, _ in reports[0]["distances"]] != [(f, s) for f, s, _ in reports[1]["distances"]]:
+        raise ValueError("the two evaluations list their pairs in different orders or folds")
+    result = {
+        "pairs_file": reports[0]["pairs_file"],
+        "model_a": reports[0]["model"],
+        "model_a_sha256": reports[0]["model_sha256"],
+        "model_b": reports[1]["model"],
+        "model_b_sha256": reports[1]["model_sha256"],
+        **mcnemar(*(pair_decisions(r) for r in reports)),
+    }
+    header = ["pairs", "A: accuracy", "B: accuracy", "right only with A", "right only with B", "McNemar exact p"]
+    row = [
+        str(result["queries"]),
+        f"{result['accuracy_a']:.2%}",
+        f"{result['accuracy_b']:.2%}",
+        str(result["only_a"]),
+        str(result["only_b"]),
+        f"{result['p_value']:.3g}",
+    ]
+    table = f"A = {result['model_a']}\nB = {result['model_b']}\npairs = {result['pairs_file']}\n\n" + markdown_table(header, [row])
+    print(table)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare_pairs.md").write_text(table + "\n")
+    (out / "compare_pairs.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    return result
